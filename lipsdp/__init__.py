@@ -1,0 +1,40 @@
+"""lipsdp: certified Lipschitz bounds of neural networks with semidefinite programs.
+
+>>> import lipsdp
+>>> b = lipsdp.estimate(model, method="lipsdp-neuron")   # doctest: +SKIP
+>>> float(b)                                             # doctest: +SKIP
+"""
+
+from . import activations, errors
+from .api import as_network, compare, estimate
+from .certify import Certificate, certify
+from .errors import LipSDPError
+from .graph import SignalGraph, build_graph
+from .methods import LipschitzBound, methods, register_method
+from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .solvers import register_solver, solvers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationLayer",
+    "Affine",
+    "Certificate",
+    "Implicit",
+    "LipSDPError",
+    "LipschitzBound",
+    "Network",
+    "Residual",
+    "SignalGraph",
+    "activations",
+    "as_network",
+    "build_graph",
+    "certify",
+    "compare",
+    "errors",
+    "estimate",
+    "methods",
+    "register_method",
+    "register_solver",
+    "solvers",
+]

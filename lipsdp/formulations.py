@@ -1,0 +1,183 @@
+"""SDP builders: one function per formulation; they build, they never solve.
+
+ℓ2 LipSDP on a signal graph (MATH §1, generalised in :mod:`lipsdp.graph`)::
+
+    F(ρ, μ) = ρ E₀ᵀE₀ − CᵀC − Σ_k G_kᵀ Q_k(μ_k) G_k ⪰ 0   ⇒   L₂ ≤ √ρ,
+
+with ``G_k = [P_k; E_k]`` and ``Q_k`` the activation's QC (one multiplier per
+neuron or per layer).  The layer-wise (chordal) form of MATH §2 is
+:func:`lipsdp_layerwise`.  Exact reductions (MATH §4) are in
+:func:`reduce_graph` and :func:`normalise_chain`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .graph import ActivationGroup, SignalGraph
+from .network import Network
+from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_basis
+
+
+def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
+    """LipSDP (ℓ2) on any signal graph: ``min ρ`` s.t. the one-block LMI above.
+
+    Parameters
+    ----------
+    graph
+        The network's signal graph.
+    granularity
+        ``"neuron"`` (LipSDP-Neuron: one multiplier per neuron or group) or
+        ``"layer"`` (LipSDP-Layer: one per activation layer).
+    """
+    d, n0 = graph.dim, graph.input_dim
+    terms = [QuadTerm(selector(n0, d, 0), identity_basis(n0), np.array([0]), +1.0)]
+    var_layer = [0]
+    groups = {"rho": slice(0, 1)}
+    nonneg = [True]
+    n_vars = 1
+    for k, group in enumerate(graph.groups, start=1):
+        basis = group.activation.qc_basis(group.width, granularity)
+        idx = np.arange(n_vars, n_vars + basis.size)
+        terms.append(QuadTerm(sp.csr_matrix(group.lift(d)), basis.coefficients, idx, -1.0))
+        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
+        nonneg.extend(basis.nonneg.tolist())
+        var_layer.extend([k] * basis.size)
+        n_vars += basis.size
+    constant = -graph.output.T @ graph.output
+    block = LMIBlock(d, constant, tuple(terms), "lipsdp")
+    c = np.zeros(n_vars)
+    c[0] = 1.0
+    return SDP(
+        n_vars, c, [block], np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
+        {"formulation": f"lipsdp-{granularity}", "norm": 2},
+    )
+
+
+def _sqrt_bound(rho: float) -> float:
+    return float(np.sqrt(max(rho, 0.0)))
+
+
+def lipsdp_layerwise(net: Network, granularity: str = "neuron") -> SDP:
+    """LipSDP in the layer-wise (chordal) form of MATH §2, for feed-forward chains.
+
+    Blocks, with ``Q₀ = ρI`` and free symmetric ``Q_k``:
+
+        [[Q_{k−1} + 2W_kᵀ diag(αβ)Λ_k W_k, −W_kᵀ diag(α+β)Λ_k], [·ᵀ, 2Λ_k − Q_k]] ⪰ 0,  k = 1…l−1,
+        Q_{l−1} − W_lᵀ W_l ⪰ 0.
+
+    Same optimum as :func:`lipsdp_l2` on the chain; blocks of size n_{k−1}+n_k.
+    """
+    weights, acts = net.weights, net.activations
+    widths = net.widths
+    l = len(weights)
+    blocks = []
+    var_layer = [0]
+    groups = {"rho": slice(0, 1)}
+    nonneg = [True]
+    n_vars = 1
+    prev_vars = np.array([0])
+    prev_basis = identity_basis(widths[0])
+    for k in range(1, l):
+        n_in, n_out = widths[k - 1], widths[k]
+        d = n_in + n_out
+        w = weights[k - 1]
+        qc = acts[k - 1].qc_basis(n_out, granularity)
+        lam = np.arange(n_vars, n_vars + qc.size)
+        n_vars += qc.size
+        n_sym = n_out * (n_out + 1) // 2
+        q_vars = np.arange(n_vars, n_vars + n_sym)
+        n_vars += n_sym
+        groups[f"qc{k}"] = slice(lam[0], lam[-1] + 1)
+        groups[f"Q{k}"] = slice(q_vars[0], q_vars[-1] + 1)
+        nonneg.extend(qc.nonneg.tolist() + [False] * n_sym)
+        var_layer.extend([k] * (qc.size + n_sym))
+        lift = sp.bmat([[sp.csr_matrix(w), None], [None, sp.identity(n_out)]], format="csr")
+        terms = (
+            QuadTerm(selector(n_in, d, 0), prev_basis, prev_vars, +1.0),
+            QuadTerm(lift, qc.coefficients, lam, -1.0),
+            QuadTerm(selector(n_out, d, n_in), symmetric_basis(n_out), q_vars, -1.0),
+        )
+        blocks.append(LMIBlock(d, np.zeros((d, d)), terms, f"layer{k}"))
+        prev_vars, prev_basis = q_vars, symmetric_basis(n_out)
+    w_last = weights[-1]
+    n_last = widths[-2]
+    final = LMIBlock(
+        n_last, -w_last.T @ w_last, (QuadTerm(sp.identity(n_last, format="csr"), prev_basis, prev_vars, +1.0),), "output"
+    )
+    blocks.append(final)
+    c = np.zeros(n_vars)
+    c[0] = 1.0
+    return SDP(
+        n_vars, c, blocks, np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
+        {"formulation": f"lipsdp-{granularity}-layerwise", "norm": 2},
+    )
+
+
+# ----------------------------------------------------------------------------- reductions
+@dataclass(frozen=True)
+class Normalisation:
+    """``W_k = c_k · Ŵ_k`` with ``‖Ŵ_k‖₂ = 1``; ``bound(W) = Π c_k · bound(Ŵ)``."""
+
+    factors: np.ndarray
+
+    @property
+    def product(self) -> float:
+        return float(np.prod(self.factors))
+
+    def lift_multipliers(self, y: np.ndarray, var_layer: np.ndarray) -> np.ndarray:
+        """Multipliers of the normalised SDP → multipliers of the original one.
+
+        Scaling ``W_k`` by ``c`` scales ρ and every multiplier of layers ``< k`` by
+        ``c²`` (change of variables ``x_j → c x_j`` for ``j < k``), so a
+        multiplier of layer ``j`` is multiplied by ``Π_{k>j} c_k²``.
+        """
+        sq = self.factors**2
+        # suffix[j] = Π_{k>j} c_k² with layers 1-based: weights index k-1
+        suffix = np.append(np.cumprod(sq[::-1])[::-1], 1.0)  # suffix[j] = Π_{k≥j+1} c_k²
+        return y * suffix[var_layer]
+
+
+def normalise_chain(net: Network) -> tuple[Network, Normalisation]:
+    """Divide each weight of a chain by its spectral norm (exact for the SDP, MATH §4).
+
+    Raises nothing for zero layers: a zero weight keeps factor 1 (the bound is 0 anyway).
+    """
+    factors = np.array([np.linalg.norm(w, 2) for w in net.weights])
+    factors = np.where(factors > 0, factors, 1.0)
+    return net.scaled(1.0 / factors), Normalisation(factors)
+
+
+def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
+    """Exact input/output reduction by thin SVDs (MATH §4).
+
+    The input increment only enters through the columns ``R = [P_k[:, :n₀]; C[:, :n₀]]``
+    and through ``−ρ‖Δx₀‖²``; components of ``Δx₀`` in ``null(R)`` only help,
+    so ``Δx₀ = V_r u`` with the top right singular vectors ``V_r`` of ``R``.  The
+    output enters only through ``CᵀC``, which ``S_r V_rᵀ`` (SVD of ``C``) preserves.
+    """
+    n0 = graph.input_dim
+    pieces = [g.pre[:, :n0] for g in graph.groups] + [graph.output[:, :n0]]
+    r_mat = np.vstack(pieces)
+    _, s, vt = np.linalg.svd(r_mat, full_matrices=False)
+    rank = int(np.sum(s > rtol * (s[0] if s.size else 0.0))) if s.size and s[0] > 0 else 0
+    rank = max(rank, 1)
+    v = vt[:rank].T  # n0 × r
+    shift = n0 - rank
+
+    def map_cols(mat: np.ndarray) -> np.ndarray:
+        return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
+
+    groups = tuple(
+        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name) for g in graph.groups
+    )
+    out = map_cols(graph.output)
+    _, so, vot = np.linalg.svd(out, full_matrices=False)
+    keep = so > rtol * (so[0] if so.size and so[0] > 0 else 1.0)
+    out_red = (so[keep, None] * vot[keep]) if np.any(keep) else np.zeros((1, out.shape[1]))
+    if out_red.shape[0] >= out.shape[0]:
+        out_red = out
+    return SignalGraph(rank, graph.dim - shift, groups, out_red, np.zeros(out_red.shape[0]), graph.implicit)

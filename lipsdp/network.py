@@ -1,0 +1,359 @@
+"""``Network``: an immutable, float64 description of a network to certify.
+
+A network is a sequence of layers:
+
+* :class:`Affine` ``x ↦ W x + b``;
+* :class:`ActivationLayer` ``x ↦ φ(x)`` with an activation rule from
+  :mod:`lipsdp.activations`;
+* :class:`Residual` ``x ↦ x + branch(x)`` where ``branch`` is itself a
+  sequence of layers (e.g. ``φ(W x)`` or ``W₂ φ(W₁ x)``);
+* :class:`Implicit` equilibrium layers ``z = φ(W z + U x + b)``, output
+  ``C z + D x`` (see :mod:`lipsdp.graph`).
+
+Consecutive affine layers are merged (this folds eval-mode BatchNorm into the
+neighbouring Linear).  Biases never change a global Lipschitz bound, but they
+are kept for evaluation (lower bounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import activations as act
+from .errors import InvalidWeightsError, ShapeMismatchError
+
+
+def as_matrix(value: Any, what: str) -> np.ndarray:
+    """A read-only float64 copy of a 2-D array, checked for NaN/Inf."""
+    arr = _to_numpy(value)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise ShapeMismatchError(f"{what}: expected a matrix, got an array of shape {arr.shape}")
+    return _finite(arr, what)
+
+
+def as_vector(value: Any, n: int, what: str) -> np.ndarray:
+    """A read-only float64 vector of length ``n`` (zeros if ``value`` is None)."""
+    if value is None:
+        arr = np.zeros(n)
+    else:
+        arr = _to_numpy(value).reshape(-1)
+    if arr.shape != (n,):
+        raise ShapeMismatchError(f"{what}: expected length {n}, got shape {arr.shape}")
+    return _finite(arr, what)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor, imported lazily elsewhere
+        value = value.detach().cpu().double().numpy()
+    return np.array(value, dtype=np.float64, copy=True)
+
+
+def _finite(arr: np.ndarray, what: str) -> np.ndarray:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise InvalidWeightsError(f"{what} contains {bad} NaN/Inf value(s)")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``x ↦ W x + b`` with ``W`` of shape (out, in)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    name: str = ""
+
+    @staticmethod
+    def create(weight: Any, bias: Any = None, name: str = "") -> "Affine":
+        w = as_matrix(weight, f"weight of {name or 'affine layer'}")
+        b = as_vector(bias, w.shape[0], f"bias of {name or 'affine layer'}")
+        return Affine(w, b, name)
+
+    @property
+    def in_dim(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_dim(self) -> int:
+        return self.weight.shape[0]
+
+    def then(self, other: "Affine") -> "Affine":
+        """The composition ``other ∘ self`` as one affine layer."""
+        return Affine.create(other.weight @ self.weight, other.weight @ self.bias + other.bias, other.name or self.name)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight.T + self.bias
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationLayer:
+    """``x ↦ φ(x)`` for an activation rule ``φ``."""
+
+    activation: act.Activation
+    name: str = ""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.activation.forward_batch(x)
+
+
+@dataclass(frozen=True, eq=False)
+class Residual:
+    """``x ↦ x + branch(x)``; the branch must map width n back to width n."""
+
+    branch: tuple
+    name: str = ""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x
+        for layer in self.branch:
+            y = layer(y)
+        return x + y
+
+
+@dataclass(frozen=True, eq=False)
+class Implicit:
+    """Equilibrium layer ``z = φ(W z + U x + b)``, output ``y = C z + D x``.
+
+    ``C`` and ``D`` default to ``z`` alone (``C = I``, ``D = 0``).
+    """
+
+    W: np.ndarray
+    U: np.ndarray
+    b: np.ndarray
+    activation: act.Activation
+    C: np.ndarray
+    D: np.ndarray
+    name: str = ""
+    max_iter: int = 500
+    tol: float = 1e-12
+
+    @staticmethod
+    def create(W, U, activation, b=None, C=None, D=None, name: str = "") -> "Implicit":
+        W = as_matrix(W, f"W of {name or 'implicit layer'}")
+        U = as_matrix(U, f"U of {name or 'implicit layer'}")
+        n = W.shape[0]
+        if W.shape != (n, n) or U.shape[0] != n:
+            raise ShapeMismatchError(f"implicit layer {name!r}: W must be square and U must have {n} rows (got {W.shape}, {U.shape})")
+        b = as_vector(b, n, f"b of {name or 'implicit layer'}")
+        C = np.eye(n) if C is None else C
+        C = as_matrix(C, f"C of {name or 'implicit layer'}")
+        D = np.zeros((C.shape[0], U.shape[1])) if D is None else D
+        D = as_matrix(D, f"D of {name or 'implicit layer'}")
+        if C.shape[1] != n or D.shape != (C.shape[0], U.shape[1]):
+            raise ShapeMismatchError(f"implicit layer {name!r}: C must be (p, {n}) and D (p, {U.shape[1]})")
+        activation.check_width(n)
+        return Implicit(W, U, b, activation, C, D, name)
+
+    @property
+    def in_dim(self) -> int:
+        return self.U.shape[1]
+
+    @property
+    def out_dim(self) -> int:
+        return self.C.shape[0]
+
+    def equilibrium(self, x: np.ndarray) -> np.ndarray:
+        """Solve ``z = φ(W z + U x + b)`` by fixed-point iteration (rows of ``x``)."""
+        x = np.atleast_2d(x)
+        z = np.zeros((x.shape[0], self.W.shape[0]))
+        ux = x @ self.U.T + self.b
+        for _ in range(self.max_iter):
+            z_new = self.activation.forward_batch(z @ self.W.T + ux)
+            if np.max(np.abs(z_new - z)) <= self.tol * (1 + np.max(np.abs(z_new))):
+                return z_new
+            # damped iteration: converges for well-posed layers whose plain iteration oscillates
+            z = 0.5 * z + 0.5 * z_new
+        return z
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.equilibrium(x) @ self.C.T + x @ self.D.T
+
+
+Layer = Affine | ActivationLayer | Residual | Implicit
+
+
+def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int | None, int | None]:
+    """Check that layer shapes chain; return (input width, output width)."""
+    cur = in_dim
+    first = None
+    for layer in layers:
+        if isinstance(layer, (Affine, Implicit)):
+            if cur is not None and layer.in_dim != cur:
+                raise ShapeMismatchError(
+                    f"{where}: layer {layer.name or type(layer).__name__} expects input width {layer.in_dim}, "
+                    f"but the previous layer outputs {cur}"
+                )
+            if first is None and cur is None:
+                first = layer.in_dim
+            cur = layer.out_dim
+        elif isinstance(layer, ActivationLayer):
+            if cur is not None:
+                layer.activation.check_width(cur)
+        elif isinstance(layer, Residual):
+            b_in, b_out = _dims(layer.branch, cur, f"{where}/{layer.name or 'residual'}")
+            width = cur if cur is not None else b_in
+            if b_out is not None and width is not None and b_out != width:
+                raise ShapeMismatchError(
+                    f"residual block {layer.name!r}: branch maps width {width} to {b_out}; it must preserve the width"
+                )
+            if first is None and cur is None:
+                first = width
+            cur = width
+        else:
+            raise TypeError(f"not a lipsdp layer: {layer!r}")
+    return (first if in_dim is None else in_dim), cur
+
+
+def _canonical(layers: Iterable[Layer]) -> tuple:
+    """Merge consecutive affine layers (recursively inside residual branches)."""
+    out: list[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            layer = Residual(_canonical(layer.branch), layer.name)
+        if isinstance(layer, Affine) and out and isinstance(out[-1], Affine):
+            out[-1] = out[-1].then(layer)
+        else:
+            out.append(layer)
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """An immutable network description (float64 weights).
+
+    Build one with :meth:`from_weights`, :meth:`from_torch` or
+    :func:`lipsdp.io.load_network`.
+    """
+
+    layers: tuple
+    input_dim: int = field(init=False)
+    output_dim: int = field(init=False)
+
+    def __init__(self, layers: Iterable[Layer]):
+        layers = _canonical(layers)
+        if not layers:
+            raise ShapeMismatchError("a network needs at least one layer")
+        in_dim, out_dim = _dims(layers, None, "network")
+        if in_dim is None:
+            raise ShapeMismatchError("the network has no layer that fixes its input width (add a Linear layer)")
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "input_dim", int(in_dim))
+        object.__setattr__(self, "output_dim", int(out_dim))
+
+    # ------------------------------------------------------------------ builders
+    @staticmethod
+    def from_weights(weights: Sequence[Any], biases: Sequence[Any] | None = None, activation: Any = "relu") -> "Network":
+        """Feed-forward ``W_l φ(… φ(W_1 x + b_1) …) + b_l``.
+
+        Parameters
+        ----------
+        weights
+            Matrices of shape (out, in), first layer first.
+        biases
+            Optional vectors (default zeros).
+        activation
+            Name (``"relu"``...), an :class:`~lipsdp.activations.Activation`,
+            or a list of those, one per hidden layer.
+        """
+        weights = list(weights)
+        if not weights:
+            raise ShapeMismatchError("from_weights needs at least one weight matrix")
+        biases = [None] * len(weights) if biases is None else list(biases)
+        if len(biases) != len(weights):
+            raise ShapeMismatchError(f"{len(weights)} weight matrices but {len(biases)} bias vectors")
+        n_hidden = len(weights) - 1
+        acts = list(activation) if isinstance(activation, (list, tuple)) else [activation] * n_hidden
+        if len(acts) != n_hidden:
+            raise ShapeMismatchError(f"{n_hidden} hidden layers but {len(acts)} activations")
+        layers: list[Layer] = []
+        for k, (w, b) in enumerate(zip(weights, biases)):
+            layers.append(Affine.create(w, b, f"layer{k + 1}"))
+            if k < n_hidden:
+                a = act.activation_by_name(acts[k]) if isinstance(acts[k], str) else acts[k]
+                layers.append(ActivationLayer(a, f"act{k + 1}"))
+        return Network(layers)
+
+    @staticmethod
+    def from_torch(module: Any) -> "Network":
+        """Describe a torch model (see :func:`lipsdp.torch_io.network_from_torch`)."""
+        from .torch_io import network_from_torch
+
+        return network_from_torch(module)
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def is_feedforward(self) -> bool:
+        """True for ``Affine, Act, Affine, …, Affine`` (the LipSDP chain)."""
+        kinds = [isinstance(l, Affine) for l in self.layers]
+        if not kinds or not kinds[0] or not kinds[-1]:
+            return False
+        return all(
+            (isinstance(l, Affine) if i % 2 == 0 else isinstance(l, ActivationLayer)) for i, l in enumerate(self.layers)
+        )
+
+    def _require_feedforward(self, what: str) -> None:
+        if not self.is_feedforward:
+            from .errors import NotApplicableError
+
+            raise NotApplicableError(f"{what} needs a feed-forward chain Linear, activation, …, Linear; this network is {self.summary()}")
+
+    @property
+    def weights(self) -> tuple[np.ndarray, ...]:
+        """Weight matrices of a feed-forward network."""
+        self._require_feedforward("weights")
+        return tuple(l.weight for l in self.layers[::2])
+
+    @property
+    def biases(self) -> tuple[np.ndarray, ...]:
+        self._require_feedforward("biases")
+        return tuple(l.bias for l in self.layers[::2])
+
+    @property
+    def activations(self) -> tuple[act.Activation, ...]:
+        self._require_feedforward("activations")
+        return tuple(l.activation for l in self.layers[1::2])
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``(n_0, n_1, …, n_l)`` of a feed-forward network."""
+        ws = self.weights
+        return (ws[0].shape[1],) + tuple(w.shape[0] for w in ws)
+
+    def summary(self) -> str:
+        parts = []
+        for l in self.layers:
+            if isinstance(l, Affine):
+                parts.append(f"Affine({l.in_dim}->{l.out_dim})")
+            elif isinstance(l, ActivationLayer):
+                parts.append(l.activation.describe())
+            elif isinstance(l, Residual):
+                parts.append("Residual[" + ", ".join(type(b).__name__ for b in l.branch) + "]")
+            else:
+                parts.append(type(l).__name__)
+        return " -> ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Network({self.summary()})"
+
+    # ---------------------------------------------------------------- evaluation
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate on the rows of ``x`` (float64)."""
+        y = np.atleast_2d(np.asarray(x, float))
+        if y.shape[1] != self.input_dim:
+            raise ShapeMismatchError(f"input has width {y.shape[1]}, the network expects {self.input_dim}")
+        for layer in self.layers:
+            y = layer(y)
+        return y
+
+    def scaled(self, factors: Sequence[float]) -> "Network":
+        """Feed-forward network with ``W_k`` multiplied by ``factors[k]`` (biases too)."""
+        ws, bs = self.weights, self.biases
+        if len(factors) != len(ws):
+            raise ShapeMismatchError(f"{len(ws)} layers but {len(factors)} factors")
+        return Network.from_weights([c * w for c, w in zip(factors, ws)], [c * b for c, b in zip(factors, bs)], list(self.activations))

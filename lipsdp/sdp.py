@@ -1,0 +1,187 @@
+"""A solver-neutral semidefinite program with low-rank, factored data.
+
+Every formulation produces an :class:`SDP`
+
+    minimise  cᵀy   subject to  F_b(y) = F_b⁰ + Σ_t s_t G_tᵀ Q_t(y) G_t ⪰ 0  (each block b),
+                                y_i ≥ 0 for i in ``nonneg``,
+
+where each *term* ``t`` has a lift ``G_t`` (r_t × d_b) and a small matrix
+``Q_t(y) = Σ_j y[v_j] Q_{t,j}`` that is affine in a few variables.  Keeping the
+terms factored (instead of the d² × n coefficient matrix) is what lets the
+certification scale, and what structure-exploiting solvers use.  Generic
+solvers ask for :meth:`LMIBlock.coefficients` (sparse, d² × n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True, eq=False)
+class QuadTerm:
+    """``sign · Gᵀ (Σ_j y[variables[j]] Q_j) G``.
+
+    Attributes
+    ----------
+    lift
+        ``G`` (r × d), dense or sparse.
+    basis
+        Sparse (r², k) matrix; column ``j`` is ``vec(Q_j)`` (column-major, symmetric Q_j).
+    variables
+        Indices (length k) of the variables multiplying the ``Q_j``.
+    sign
+        +1 or −1.
+    """
+
+    lift: np.ndarray | sp.spmatrix
+    basis: sp.csc_matrix
+    variables: np.ndarray
+    sign: float = 1.0
+
+    @property
+    def rank(self) -> int:
+        return self.lift.shape[0]
+
+    def small_matrix(self, y: np.ndarray, absolute: bool = False) -> sp.csr_matrix:
+        """Sparse ``Q(y)`` (r × r), or ``|Q|(|y|)`` entrywise when ``absolute``."""
+        coo = self.basis.tocoo()
+        r = self.rank
+        w = y[self.variables][coo.col] * coo.data
+        if absolute:
+            w = np.abs(w)
+        return sp.csr_matrix((w, (coo.row % r, coo.row // r)), shape=(r, r))
+
+    def evaluate(self, y: np.ndarray, absolute: bool = False) -> np.ndarray:
+        """Dense ``sign · Gᵀ Q(y) G`` (or ``|G|ᵀ |Q| |G|``)."""
+        g = sp.csr_matrix(self.lift)
+        if absolute:
+            g = abs(g)
+        q = self.small_matrix(y, absolute)
+        out = (g.T @ (q @ g)).toarray()
+        return out if absolute else self.sign * out
+
+    def coefficients(self, dim: int, n_vars: int) -> sp.csc_matrix:
+        """Sparse (d², n_vars): column i = vec(∂/∂y_i of this term)."""
+        g = sp.csr_matrix(self.lift)
+        q = self.basis.tocoo()
+        r = self.rank
+        a_rows, b_rows = q.row % r, q.row // r
+        ga, gb = g[a_rows], g[b_rows]
+        la, lb = np.diff(ga.indptr), np.diff(gb.indptr)
+        counts = la * lb
+        total = int(counts.sum())
+        t = np.repeat(np.arange(q.nnz), counts)
+        start = np.repeat(np.cumsum(counts) - counts, counts)
+        p = np.arange(total) - start
+        lbt = lb[t]
+        ia = ga.indptr[t] + p // np.maximum(lbt, 1)
+        ib = gb.indptr[t] + p % np.maximum(lbt, 1)
+        rows = ga.indices[ia] + dim * gb.indices[ib]
+        vals = self.sign * q.data[t] * ga.data[ia] * gb.data[ib]
+        cols = self.variables[q.col[t]]
+        return sp.csc_matrix((vals, (rows, cols)), shape=(dim * dim, n_vars))
+
+
+@dataclass(frozen=True, eq=False)
+class LMIBlock:
+    """``F(y) = constant + Σ terms ⪰ 0`` of size ``dim``."""
+
+    dim: int
+    constant: np.ndarray
+    terms: tuple
+    name: str = ""
+
+    def evaluate(self, y: np.ndarray) -> np.ndarray:
+        """Dense ``F(y)`` in float64 (symmetrised)."""
+        f = np.array(self.constant, dtype=float, copy=True)
+        for term in self.terms:
+            f += term.evaluate(y)
+        return 0.5 * (f + f.T)
+
+    def evaluate_abs(self, y: np.ndarray) -> np.ndarray:
+        """Entrywise bound ``|F⁰| + Σ |G|ᵀ|Q(y)||G|`` used for rounding-error bounds."""
+        f = np.abs(self.constant).astype(float)
+        for term in self.terms:
+            f += term.evaluate(y, absolute=True)
+        return f
+
+    def max_rank(self) -> int:
+        return max([t.rank for t in self.terms] + [1])
+
+    def coefficients(self, n_vars: int) -> sp.csc_matrix:
+        """Sparse (d², n_vars) matrix K with ``vec F(y) = vec F⁰ + K y``."""
+        k = sp.csc_matrix((self.dim * self.dim, n_vars))
+        for term in self.terms:
+            k = k + term.coefficients(self.dim, n_vars)
+        return k.tocsc()
+
+
+@dataclass(eq=False)
+class SDP:
+    """``minimise cᵀy  s.t.  F_b(y) ⪰ 0, y_nonneg ≥ 0`` (see module docstring).
+
+    Attributes
+    ----------
+    rho
+        Index of the variable ``ρ`` whose coefficient is PSD in every block, so
+        raising it can only help (certification repairs through it).
+    bound
+        Maps a certified ``ρ`` to the Lipschitz bound (e.g. ``√ρ``).
+    var_layer
+        For chains: the layer index ``k`` a variable belongs to (ρ: 0); the
+        exact normalisation ``W_k → W_k / c_k`` rescales it by ``Π_{j>k} c_j²``.
+    groups
+        Named slices of ``y`` (for users and for warm starts).
+    """
+
+    n_vars: int
+    objective: np.ndarray
+    blocks: list
+    nonneg: np.ndarray
+    rho: int
+    bound: Callable[[float], float]
+    var_layer: np.ndarray | None = None
+    groups: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Total LMI dimension (sum of block sizes)."""
+        return int(sum(b.dim for b in self.blocks))
+
+
+def symmetric_basis(n: int) -> sp.csc_matrix:
+    """Basis of symmetric n×n matrices: columns vec(E_ii) and vec(E_ij + E_ji), i < j."""
+    iu, ju = np.triu_indices(n)
+    k = iu.size
+    cols = np.arange(k)
+    rows_a = iu + n * ju
+    rows_b = ju + n * iu
+    off = iu != ju
+    rows = np.concatenate([rows_a, rows_b[off]])
+    cc = np.concatenate([cols, cols[off]])
+    return sp.csc_matrix((np.ones(rows.size), (rows, cc)), shape=(n * n, k))
+
+
+def identity_basis(n: int) -> sp.csc_matrix:
+    """One column: vec(I_n)."""
+    idx = np.arange(n)
+    return sp.csc_matrix((np.ones(n), (idx + n * idx, np.zeros(n, dtype=int))), shape=(n * n, 1))
+
+
+def selector(rows: int, dim: int, offset: int) -> sp.csr_matrix:
+    """Sparse (rows × dim) matrix picking coordinates offset … offset+rows−1."""
+    return sp.csr_matrix((np.ones(rows), (np.arange(rows), offset + np.arange(rows))), shape=(rows, dim))
+
+
+def symmetric_from_vector(vec_sym: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`symmetric_basis` coordinates: the symmetric matrix."""
+    out = np.zeros((n, n))
+    iu, ju = np.triu_indices(n)
+    out[iu, ju] = vec_sym
+    out[ju, iu] = vec_sym
+    return out

@@ -1,0 +1,246 @@
+"""Solver back ends for :class:`~lipsdp.sdp.SDP` and the automatic choice among them.
+
+Names (``lipsdp.solvers()`` lists the ones usable here):
+
+* ``"cvxopt"`` — CVXOPT's primal-dual interior-point method called directly
+  with the sparse coefficient matrices (no modelling layer);
+* ``"mosek"``, ``"scs"``, ``"clarabel"`` — through cvxpy (MOSEK only with a
+  working licence; SCS with tight tolerances);
+* ``"cvxpy:<SOLVER>"`` — the plain cvxpy reference path with any solver cvxpy
+  knows (e.g. ``"cvxpy:SCS"``, ``"cvxpy:CVXOPT"``).
+
+The automatic choice is licensed MOSEK > structured solvers registered with a
+priority (see :func:`register_solver`) > CVXOPT > SCS > Clarabel (small
+problems only).  Every back end returns a :class:`SolveResult` or raises a
+typed error; ``inaccurate`` answers are failures, never bounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import LicenseError, SolverFailedError, SolverUnavailableError, UnknownSolverError
+from .sdp import SDP
+
+
+@dataclass
+class SolveResult:
+    """What a back end returns: multipliers and how it got them."""
+
+    y: np.ndarray
+    status: str
+    objective: float
+    solver: str
+    solve_time: float
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered back end.
+
+    ``priority``: higher is preferred by the automatic choice; ``max_size``:
+    largest total LMI size the automatic choice gives it (None: no limit);
+    ``applies``: optional predicate on the SDP.
+    """
+
+    name: str
+    solve: Callable[..., SolveResult]
+    available: Callable[[], str | None]
+    priority: int = 0
+    max_size: int | None = None
+    applies: Callable[[SDP], bool] | None = None
+
+
+_SOLVERS: dict[str, SolverSpec] = {}
+
+
+def register_solver(spec: SolverSpec) -> None:
+    """Add a back end (e.g. a structure-exploiting solver) to the registry."""
+    _SOLVERS[spec.name] = spec
+
+
+def solvers(available_only: bool = True) -> list[str]:
+    """Names of the registered back ends (by default only those usable here)."""
+    return sorted(n for n, s in _SOLVERS.items() if not available_only or s.available() is None)
+
+
+# --------------------------------------------------------------------------- cvxpy
+def _installed_cvxpy_solvers() -> list[str]:
+    import cvxpy as cp
+
+    return list(cp.installed_solvers())
+
+
+@functools.lru_cache(maxsize=None)
+def mosek_problem() -> str | None:
+    """None if MOSEK can solve a tiny SDP here, else the reason it cannot."""
+    try:
+        import mosek  # noqa: F401
+    except ImportError:
+        return "the mosek package is not installed (pip install 'lipsdp[mosek]')"
+    try:
+        import cvxpy as cp
+
+        x = cp.Variable((2, 2), symmetric=True)
+        cp.Problem(cp.Minimize(cp.trace(x)), [x >> np.eye(2)]).solve(solver="MOSEK")
+    except Exception as exc:  # mosek.Error (rescode 1008) or cvxpy's wrapper of it
+        text = str(exc)
+        if "1008" in text or "licen" in text.lower() or type(exc).__name__ == "Error":
+            return f"MOSEK is installed but has no working licence ({text.strip()[:160]})"
+        return f"MOSEK failed on a test problem: {text.strip()[:160]}"
+    return None
+
+
+def _cvxpy_available(name: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if name not in _installed_cvxpy_solvers():
+            return f"cvxpy does not have the solver {name} installed"
+        if name == "MOSEK":
+            return mosek_problem()
+        return None
+
+    return check
+
+
+_CVXPY_DEFAULTS = {
+    "SCS": {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000},
+    "CLARABEL": {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9},
+    "CVXOPT": {"abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9},
+    "MOSEK": {},
+}
+
+
+def solve_with_cvxpy(sdp: SDP, solver: str, verbose: bool = False, **options) -> SolveResult:
+    """Plain cvxpy path: ``vec F_b = vec F_b⁰ + K_b y`` with ``F_b ⪰ 0``."""
+    import cvxpy as cp
+
+    y = cp.Variable(sdp.n_vars)
+    constraints = []
+    for block in sdp.blocks:
+        k = block.coefficients(sdp.n_vars)
+        f = block.constant + cp.reshape(k @ y, (block.dim, block.dim), order="F")
+        constraints.append(0.5 * (f + f.T) >> 0)
+    if np.any(sdp.nonneg):
+        constraints.append(y[np.flatnonzero(sdp.nonneg)] >= 0)
+    problem = cp.Problem(cp.Minimize(sdp.objective @ y), constraints)
+    opts = dict(_CVXPY_DEFAULTS.get(solver, {}))
+    opts.update(options)
+    start = time.perf_counter()
+    try:
+        problem.solve(solver=solver, verbose=verbose, **opts)
+    except cp.error.SolverError as exc:
+        if solver == "MOSEK" and mosek_problem():
+            raise LicenseError(mosek_problem()) from exc
+        raise SolverFailedError(f"{solver} (via cvxpy) failed: {exc}", "error") from exc
+    elapsed = time.perf_counter() - start
+    status = problem.status
+    if status != cp.OPTIMAL or y.value is None:
+        raise SolverFailedError(
+            f"{solver} (via cvxpy) returned status {status!r}; an inaccurate or infeasible answer is not a bound",
+            status,
+        )
+    return SolveResult(np.asarray(y.value, float), "optimal", float(problem.value), f"cvxpy:{solver}", elapsed)
+
+
+# --------------------------------------------------------------------------- native CVXOPT
+def _cvxopt_available() -> str | None:
+    try:
+        import cvxopt  # noqa: F401
+    except ImportError:
+        return "cvxopt is not installed"
+    return None
+
+
+def solve_with_cvxopt(sdp: SDP, abstol: float = 1e-9, reltol: float = 1e-9, feastol: float = 1e-9,
+                      max_iters: int = 100, verbose: bool = False) -> SolveResult:
+    """CVXOPT ``solvers.sdp`` on ``hs − Gs y ⪰ 0`` with ``hs = F⁰``, ``Gs = −K``."""
+    import cvxopt
+    from cvxopt import solvers as cvx_solvers
+
+    def sparse(m):
+        m = m.tocoo()
+        return cvxopt.spmatrix(m.data.tolist(), m.row.tolist(), m.col.tolist(), size=m.shape)
+
+    gs = [sparse(-block.coefficients(sdp.n_vars)) for block in sdp.blocks]
+    hs = [cvxopt.matrix(np.asarray(block.constant, float)) for block in sdp.blocks]
+    kwargs = {}
+    idx = np.flatnonzero(sdp.nonneg)
+    if idx.size:
+        kwargs["Gl"] = cvxopt.spmatrix(-1.0, list(range(idx.size)), idx.tolist(), size=(idx.size, sdp.n_vars))
+        kwargs["hl"] = cvxopt.matrix(0.0, (idx.size, 1))
+    options = {"show_progress": verbose, "abstol": abstol, "reltol": reltol, "feastol": feastol, "maxiters": max_iters}
+    start = time.perf_counter()
+    try:
+        sol = cvx_solvers.sdp(cvxopt.matrix(sdp.objective), Gs=gs, hs=hs, options=options, **kwargs)
+    except (ValueError, ArithmeticError) as exc:
+        raise SolverFailedError(f"cvxopt failed: {exc}", "error") from exc
+    elapsed = time.perf_counter() - start
+    if sol["status"] != "optimal":
+        raise SolverFailedError(
+            f"cvxopt returned status {sol['status']!r} after {sol.get('iterations')} iterations; "
+            "an inaccurate or infeasible answer is not a bound",
+            str(sol["status"]),
+        )
+    y = np.asarray(sol["x"], float).ravel()
+    return SolveResult(y, "optimal", float(sdp.objective @ y), "cvxopt", elapsed, {"iterations": sol.get("iterations")})
+
+
+register_solver(SolverSpec("cvxopt", solve_with_cvxopt, _cvxopt_available, priority=50))
+for _name, _prio, _max in (("MOSEK", 100, None), ("SCS", 20, None), ("CLARABEL", 10, 150), ("CVXOPT", 0, None)):
+    _solve = functools.partial(solve_with_cvxpy, solver=_name)
+    _avail = _cvxpy_available(_name)
+    register_solver(SolverSpec(f"cvxpy:{_name}", _solve, _avail, priority=-1))
+    if _name != "CVXOPT":
+        register_solver(SolverSpec(_name.lower(), _solve, _avail, priority=_prio, max_size=_max))
+
+
+# --------------------------------------------------------------------------- choice
+def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
+    """The back end for ``name`` (None/"auto": the best usable one for ``sdp``).
+
+    Raises
+    ------
+    UnknownSolverError
+        For a name that is not registered.
+    LicenseError / SolverUnavailableError
+        For a known back end that cannot run here; the message names the usable ones.
+    """
+    if name is None or name == "auto":
+        candidates = sorted(_SOLVERS.values(), key=lambda s: -s.priority)
+        for spec in candidates:
+            if spec.priority < 0 or spec.available() is not None:
+                continue
+            if sdp is not None and spec.max_size is not None and sdp.size > spec.max_size:
+                continue
+            if sdp is not None and spec.applies is not None and not spec.applies(sdp):
+                continue
+            return spec
+        raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
+    key = name if name.startswith("cvxpy:") else name.lower()
+    if key.startswith("cvxpy:"):
+        key = "cvxpy:" + key.split(":", 1)[1].upper()
+    if key not in _SOLVERS:
+        raise UnknownSolverError(name, list(_SOLVERS))
+    spec = _SOLVERS[key]
+    problem = spec.available()
+    if problem is not None:
+        usable = ", ".join(solvers()) or "(none)"
+        error = LicenseError if "licen" in problem.lower() else SolverUnavailableError
+        raise error(f"solver {name!r} is not usable: {problem}. Usable here: {usable}")
+    if sdp is not None and spec.applies is not None and not spec.applies(sdp):
+        from .errors import NotApplicableError
+
+        raise NotApplicableError(f"solver {name!r} does not apply to this problem ({sdp.meta.get('formulation')})")
+    return spec
+
+
+def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
+    """Solve ``sdp`` with the named (or automatically chosen) back end."""
+    spec = resolve_solver(solver, sdp)
+    return spec.solve(sdp, **options)
