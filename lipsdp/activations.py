@@ -147,10 +147,11 @@ def slope_qc_basis(alpha: np.ndarray, beta: np.ndarray, granularity: str) -> QCB
     flat, neuron, vals = flat[keep], neuron[keep], vals[keep]
     if granularity == "neuron":
         coef = sp.csc_matrix((vals, (flat, neuron)), shape=(n2 * n2, m))
-        return QCBasis(coef, np.ones(m, dtype=bool))
+        # a neuron with a fixed slope (α = β) satisfies the QC with equality: its multiplier is free
+        return QCBasis(coef, alpha != beta)
     if granularity == "layer":
         coef = sp.csc_matrix((vals, (flat, np.zeros_like(flat))), shape=(n2 * n2, 1))
-        return QCBasis(coef, np.ones(1, dtype=bool))
+        return QCBasis(coef, np.array([bool(np.any(alpha != beta))]))
     raise InvalidActivationError(f"unknown multiplier granularity {granularity!r}; use 'neuron' or 'layer'")
 
 

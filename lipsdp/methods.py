@@ -22,10 +22,13 @@ import scipy.linalg as la
 
 from . import formulations as fm
 from .certify import UNIT_ROUNDOFF, certify
-from .errors import NotApplicableError, UnknownMethodError
+from .errors import CertificationError, NotApplicableError, UnknownMethodError
 from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 from .solvers import solve
+
+
+MARGIN_RETRY = 1e-8  # relative margin ε of the re-solve when a degenerate optimum cannot be certified
 
 
 @dataclass
@@ -166,23 +169,41 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
     if reduce and net.is_feedforward:
         work, normalisation = fm.normalise_chain(net)
     sdp_red = build_reduced(work, reduce)
-    if closed_form is not None:
-        y = closed_form(work, sdp_red)
-        solver_name, status, solver_time = "closed-form", "closed-form", 0.0
-    else:
-        result = solve(sdp_red, solver, **options)
-        y, solver_name, status, solver_time = result.y, result.solver, result.status, result.solve_time
-    raw = sdp_red.bound(float(y[sdp_red.rho]))
-    if normalisation is not None:
-        y = normalisation.lift_multipliers(y, sdp_red.var_layer)
-        raw *= normalisation.product
     sdp_orig = build_original(net)
-    if transfer is not None:
-        y = transfer(y, sdp_red, sdp_orig)
-    cert = certify(sdp_orig, y)
+
+    def attempt(program):
+        if closed_form is not None:
+            y = closed_form(work, program)
+            solver_name, status, solver_time = "closed-form", "closed-form", 0.0
+        else:
+            result = solve(program, solver, **options)
+            y, solver_name, status, solver_time = result.y, result.solver, result.status, result.solve_time
+        raw = program.bound(float(y[program.rho]))
+        if normalisation is not None:
+            y = normalisation.lift_multipliers(y, program.var_layer)
+            raw *= normalisation.product
+        if transfer is not None:
+            y = transfer(y, program, sdp_orig)
+        return y, raw, solver_name, status, solver_time
+
+    y, raw, solver_name, status, solver_time = attempt(sdp_red)
+    margin_used = 0.0
+    try:
+        cert = certify(sdp_orig, y)
+    except CertificationError:
+        if closed_form is not None:
+            raise
+        # The optimum is often degenerate (F singular in directions ρ cannot reach) and the solver's
+        # rounding leaves it slightly indefinite there: re-solve with F ⪰ εI, whose answer is strictly
+        # feasible, then certify that (the value moves by O(ε) of the normalised problem).
+        margin_used = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_red.blocks[0].constant))))
+        y, raw, solver_name, status, solver_time2 = attempt(sdp_red.with_margin(margin_used))
+        solver_time += solver_time2
+        cert = certify(sdp_orig, y)
     return LipschitzBound(
         cert.value, raw, method, solver_name, status, time.perf_counter() - start, cert.margin, 2,
-        {"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars, "solver_time": solver_time},
+        {"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars, "solver_time": solver_time,
+         "margin_retry": margin_used},
     )
 
 
@@ -196,21 +217,26 @@ def _graph_builder(granularity: str):
     return build
 
 
-def _lipsdp(net: Network, granularity: str, method: str, *, solver=None, reduce=True, split=None, **options):
+def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None, **options):
+    if norm != 2:
+        from .linf import lipsdp_linf
+
+        return lipsdp_linf(net, granularity, method, solver=solver, **options)
     if split is not None:
         return _split(net, granularity, method, int(split), solver=solver, reduce=reduce, **options)
     build = _graph_builder(granularity)
     return solve_and_certify(net, method, build, build, solver=solver, reduce=reduce, **options)
 
 
-@register_method("lipsdp-neuron", "LipSDP with one multiplier per neuron (Fazlyab et al. 2019); split=k for chunks")
+@register_method("lipsdp-neuron", "LipSDP with one multiplier per neuron (Fazlyab et al. 2019); split=k for chunks",
+                 norms=(2, np.inf))
 def _lipsdp_neuron(net: Network, *, norm=2, solver=None, reduce=True, **options):
-    return _lipsdp(net, "neuron", "lipsdp-neuron", solver=solver, reduce=reduce, **options)
+    return _lipsdp(net, "neuron", "lipsdp-neuron", norm=norm, solver=solver, reduce=reduce, **options)
 
 
-@register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer")
+@register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer", norms=(2, np.inf))
 def _lipsdp_layer(net: Network, *, norm=2, solver=None, reduce=True, **options):
-    return _lipsdp(net, "layer", "lipsdp-layer", solver=solver, reduce=reduce, **options)
+    return _lipsdp(net, "layer", "lipsdp-layer", norm=norm, solver=solver, reduce=reduce, **options)
 
 
 def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, reduce=True, **options):

@@ -153,6 +153,12 @@ class SDP:
         """Total LMI dimension (sum of block sizes)."""
         return int(sum(b.dim for b in self.blocks))
 
+    def with_margin(self, eps: float) -> "SDP":
+        """The same program with ``F_b(y) ⪰ eps·I``: its solutions are strictly feasible for this one."""
+        blocks = [LMIBlock(b.dim, b.constant - eps * np.eye(b.dim), b.terms, b.name) for b in self.blocks]
+        return SDP(self.n_vars, self.objective, blocks, self.nonneg, self.rho, self.bound, self.var_layer,
+                   self.groups, dict(self.meta, margin=eps))
+
 
 def symmetric_basis(n: int) -> sp.csc_matrix:
     """Basis of symmetric n×n matrices: columns vec(E_ii) and vec(E_ij + E_ji), i < j."""

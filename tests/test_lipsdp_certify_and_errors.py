@@ -1,0 +1,137 @@
+"""Certification repairs or refuses; every typed error names what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lipsdp
+from conftest import random_network
+from lipsdp import errors
+from lipsdp.certify import certify
+from lipsdp.formulations import lipsdp_l2
+from lipsdp.graph import build_graph
+from lipsdp.solvers import resolve_solver, solve
+
+
+def _solved(seed: int):
+    net = random_network(seed, max_hidden=2, max_width=5)
+    sdp = lipsdp_l2(build_graph(net), "neuron")
+    return sdp, solve(sdp, "cvxopt")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_slightly_infeasible_multipliers_are_repaired_by_raising_rho(seed):
+    sdp, result = _solved(seed)
+    optimum = certify(sdp, result.y)
+    y = result.y.copy()
+    y[sdp.rho] *= 1 - 1e-6  # below the optimum: the LMI is violated
+    repaired = certify(sdp, y)
+    assert repaired.inflation > 0
+    assert repaired.value >= optimum.value * (1 - 1e-8)
+    f = sdp.blocks[0].evaluate(repaired.y)
+    assert np.linalg.eigvalsh(f)[0] >= -1e-12 * np.abs(f).max()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multipliers_that_cannot_be_repaired_are_refused(seed):
+    sdp, result = _solved(10 + seed)
+    with pytest.raises(errors.CertificationError, match="not a certified bound"):
+        certify(sdp, np.zeros_like(result.y) + np.eye(sdp.n_vars)[sdp.rho] * result.y[sdp.rho])
+    bad = result.y.copy()
+    bad[1] = np.nan
+    with pytest.raises(errors.CertificationError, match="not finite"):
+        certify(sdp, bad)
+
+
+def test_an_inaccurate_solve_is_never_a_bound():
+    net = random_network(7, max_hidden=3, max_width=8)
+    with pytest.raises(errors.SolverFailedError) as info:
+        lipsdp.estimate(net, solver="scs", max_iters=3)
+    assert info.value.status in {"optimal_inaccurate", "infeasible_inaccurate", "unbounded_inaccurate", "user_limit",
+                                 "infeasible", "unbounded"}
+
+
+def test_unknown_method_lists_the_known_ones():
+    net = random_network(0)
+    with pytest.raises(errors.UnknownMethodError, match="lipsdp-network") as info:
+        lipsdp.estimate(net, method="lipsdp-network")
+    assert "lipsdp-neuron" in str(info.value)
+
+
+def test_unknown_solver_lists_the_known_ones():
+    with pytest.raises(errors.UnknownSolverError, match="gurobi") as info:
+        lipsdp.estimate(random_network(0), solver="gurobi")
+    assert "cvxopt" in str(info.value)
+
+
+def test_mosek_without_licence_is_a_licence_error_naming_usable_solvers():
+    from lipsdp.solvers import mosek_problem
+
+    if mosek_problem() is None:
+        pytest.skip("MOSEK is licensed here")
+    with pytest.raises(errors.SolverUnavailableError) as info:
+        resolve_solver("mosek")
+    assert "cvxopt" in str(info.value)
+    if "licen" in mosek_problem().lower():
+        assert isinstance(info.value, errors.LicenseError)
+
+
+@pytest.mark.mosek
+def test_mosek_solves_when_licensed():
+    from lipsdp.solvers import mosek_problem
+
+    if mosek_problem() is not None:
+        pytest.skip(mosek_problem())
+    net = random_network(3)
+    assert lipsdp.estimate(net, solver="mosek").value == pytest.approx(lipsdp.estimate(net).value, rel=1e-5)
+
+
+def test_nan_weights_are_rejected_with_the_layer_named():
+    w = np.ones((3, 2))
+    w[1, 1] = np.nan
+    with pytest.raises(errors.InvalidWeightsError, match="layer1"):
+        lipsdp.Network.from_weights([w, np.ones((1, 3))])
+
+
+def test_shape_mismatch_names_the_layer():
+    with pytest.raises(errors.ShapeMismatchError, match="layer2.*expects input width 4.*outputs 3"):
+        lipsdp.Network.from_weights([np.ones((3, 2)), np.ones((1, 4))])
+
+
+def test_bad_slope_bounds_are_rejected():
+    from lipsdp.activations import SlopeRestricted
+
+    with pytest.raises(errors.InvalidActivationError, match="alpha <= beta"):
+        SlopeRestricted(1.0, 0.0, "backwards")
+    act = SlopeRestricted(np.zeros(3), np.ones(3), "per-neuron")
+    with pytest.raises(errors.InvalidActivationError, match="length 3.*width is 4"):
+        lipsdp.Network.from_weights([np.ones((4, 2)), np.ones((1, 4))], activation=act)
+
+
+def test_chain_only_methods_refuse_residual_networks():
+    from lipsdp.network import ActivationLayer, Affine, Residual
+    from lipsdp.activations import relu
+
+    net = lipsdp.Network([
+        Affine.create(np.eye(2)),
+        Residual((Affine.create(np.ones((2, 2))), ActivationLayer(relu()), Affine.create(np.eye(2)))),
+        Affine.create(np.ones((1, 2))),
+    ])
+    with pytest.raises(errors.NotApplicableError, match="feed-forward"):
+        lipsdp.estimate(net, method="eclipse-fast")
+
+
+def test_per_neuron_slope_bounds_tighten_the_bound():
+    """Slopes of neurons 3-5 in [0, 1/2] ⇔ slope [0, 1] with their outgoing weights halved (exact for the SDP)."""
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=(6, 3)), rng.normal(size=(2, 6))]
+    from lipsdp.activations import SlopeRestricted, relu
+
+    full = lipsdp.estimate(lipsdp.Network.from_weights(weights, activation="relu")).value
+    beta = np.array([1, 1, 1, 0.5, 0.5, 0.5])
+    tight_act = SlopeRestricted(np.zeros(6), beta, "relu-local", relu().fn, relu().derivative)
+    tight = lipsdp.estimate(lipsdp.Network.from_weights(weights, activation=tight_act)).value
+    halved = lipsdp.estimate(lipsdp.Network.from_weights([weights[0], weights[1] * beta])).value
+    assert tight < full
+    assert tight == pytest.approx(halved, rel=1e-6)
