@@ -1,0 +1,680 @@
+"""Lower bounds on the ℓ2 Lipschitz constant of a network.
+
+Every number returned here is a *true* lower bound: either the spectral norm
+``‖J(x)‖₂`` of the Jacobian at an actual point ``x`` (the Lipschitz constant is
+the supremum of these over the points where ``f`` is differentiable), or a
+ratio ``‖f(x) − f(y)‖ / ‖x − y‖`` at an actual pair.
+
+* :func:`gradient_lower_bound` — multi-scale random sampling, then ascent on a
+  smoothed surrogate of ``‖J(x)‖`` (feed-forward elementwise nets) or hill
+  climbing along the top singular direction (any net);
+* :func:`finite_difference_lower_bound` — ratios at random close pairs;
+* :func:`exact_pattern_bound` — enumeration of the activation patterns of tiny
+  piecewise-linear nets: the true constant and the maximum over all slope
+  choices (a lower bound for LipSDP-Neuron).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linprog
+
+from . import activations as act
+from .errors import NotApplicableError
+from .network import ActivationLayer, Affine, Implicit, Network, Residual
+
+_CHUNK = 64  # points per batched Jacobian evaluation
+
+
+@dataclass(frozen=True)
+class LowerBound:
+    """A lower bound ``value = ‖J(x)‖₂`` (or a difference quotient) at ``x``.
+
+    Attributes
+    ----------
+    value
+        The bound.
+    x
+        The point where it is attained (for finite differences: the first point
+        of the best pair).
+    n_evaluations
+        Number of Jacobian (or function-pair) evaluations spent.
+    method
+        ``"gradient"`` or ``"finite-difference"``.
+    """
+
+    value: float
+    x: np.ndarray
+    n_evaluations: int
+    method: str = "gradient"
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class PatternBound:
+    """Result of :func:`exact_pattern_bound`.
+
+    Attributes
+    ----------
+    max_all_patterns
+        ``max ‖W_l D_{l−1} … D_1 W_1‖₂`` over every diagonal ``D`` with entries in
+        ``{α_i, β_i}``: an upper bound on the true constant and a lower bound on
+        LipSDP-Neuron.
+    max_realizable
+        The same maximum over the patterns that occur for some input: the true
+        Lipschitz constant of the piecewise-linear network.
+    n_patterns, n_realizable
+        ``2^N`` and the number of realizable patterns.
+    x
+        An input inside the region of the best realizable pattern, where
+        ``‖J(x)‖₂ = max_realizable``.
+    """
+
+    max_all_patterns: float
+    max_realizable: float
+    n_patterns: int
+    n_realizable: int
+    x: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- Jacobians
+def spectral_norms(jac: np.ndarray) -> np.ndarray:
+    """``‖J_s‖₂`` for a stack ``(s, m, n)`` of matrices (via the smaller Gram matrix)."""
+    if jac.shape[1] <= jac.shape[2]:
+        gram = jac @ np.swapaxes(jac, 1, 2)
+    else:
+        gram = np.swapaxes(jac, 1, 2) @ jac
+    return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[:, -1], 0.0))
+
+
+def top_singular_pair(jac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top left and right singular vectors ``(v, u)`` of each matrix of a stack ``(s, m, n)``."""
+    if jac.shape[1] <= jac.shape[2]:
+        v = np.linalg.eigh(jac @ np.swapaxes(jac, 1, 2))[1][:, :, -1]
+        u = np.einsum("smn,sm->sn", jac, v)
+        u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-300)
+    else:
+        u = np.linalg.eigh(np.swapaxes(jac, 1, 2) @ jac)[1][:, :, -1]
+        v = np.einsum("smn,sn->sm", jac, u)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+    return v, u
+
+
+def _start(jac: np.ndarray | None, y: np.ndarray) -> np.ndarray:
+    """Materialise the identity Jacobian (``None``) for the points ``y``."""
+    if jac is not None:
+        return jac
+    return np.broadcast_to(np.eye(y.shape[1]), (y.shape[0], y.shape[1], y.shape[1]))
+
+
+def _activation_jacobian(rule: act.Activation, v: np.ndarray) -> np.ndarray:
+    """Stack ``(s, m, m)`` of activation Jacobians, or ``(s, m)`` diagonals for elementwise rules."""
+    if isinstance(rule, act.SlopeRestricted):
+        return rule.elementwise_derivative(v)
+    return np.stack([rule.jacobian(row) for row in v])
+
+
+def _apply(rule_jac: np.ndarray, jac: np.ndarray) -> np.ndarray:
+    return rule_jac[:, :, None] * jac if rule_jac.ndim == 2 else rule_jac @ jac
+
+
+def _implicit_jacobian(layer: Implicit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output and Jacobian ``C (I − Dφ W)⁻¹ Dφ U + D`` of an equilibrium layer."""
+    z = layer.equilibrium(y)
+    pre = z @ layer.W.T + y @ layer.U.T + layer.b
+    dphi = _activation_jacobian(layer.activation, pre)
+    dphi = np.stack([np.diag(d) for d in dphi]) if dphi.ndim == 2 else dphi
+    eye = np.eye(layer.W.shape[0])
+    jz = np.linalg.solve(eye - dphi @ layer.W, dphi @ layer.U)
+    return z @ layer.C.T + y @ layer.D.T, layer.C @ jz + layer.D
+
+
+def _propagate(layers: Sequence, y: np.ndarray, jac: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Forward values and Jacobians (``None`` = identity) through ``layers``."""
+    for layer in layers:
+        if isinstance(layer, Affine):
+            jac = np.broadcast_to(layer.weight, (y.shape[0],) + layer.weight.shape) if jac is None else layer.weight @ jac
+            y = layer(y)
+        elif isinstance(layer, ActivationLayer):
+            jac = _apply(_activation_jacobian(layer.activation, y), _start(jac, y))
+            y = layer(y)
+        elif isinstance(layer, Residual):
+            jac = _start(jac, y)
+            y_branch, j_branch = _propagate(layer.branch, y, jac)
+            y, jac = y + y_branch, jac + j_branch
+        elif isinstance(layer, Implicit):
+            y, j_layer = _implicit_jacobian(layer, y)
+            jac = j_layer @ _start(jac, y) if jac is not None else j_layer
+        else:
+            raise NotApplicableError(f"lower bounds: unknown layer type {type(layer).__name__}")
+    return y, jac
+
+
+def jacobians(net: Network, x: np.ndarray) -> np.ndarray:
+    """Jacobians ``J(x_s)`` at the rows of ``x``: shape ``(s, n_out, n_in)``.
+
+    Feed-forward nets of elementwise activations multiply ``W_l D … D W_1``
+    from the narrower end; other nets use forward-mode propagation.
+    """
+    x = np.atleast_2d(np.asarray(x, float))
+    rules = _elementwise_rules(net)
+    if rules is not None:
+        weights, slopes, y = net.weights, [], x
+        for w, b, rule in zip(weights, net.biases, rules):
+            z = y @ w.T + b
+            slopes.append(rule.elementwise_derivative(z))
+            y = rule.forward(z)
+        return chain_product(weights, slopes) if slopes else np.array(np.broadcast_to(weights[0], (len(x),) + weights[0].shape))
+    _, jac = _propagate(net.layers, x, None)
+    return np.array(_start(jac, x))
+
+
+def jacobian_norms(net: Network, x: np.ndarray) -> np.ndarray:
+    """``‖J(x_s)‖₂`` at the rows of ``x`` (computed in chunks)."""
+    x = np.atleast_2d(np.asarray(x, float))
+    return np.concatenate([spectral_norms(jacobians(net, x[i : i + _CHUNK])) for i in range(0, len(x), _CHUNK)])
+
+
+def _exact_norm(net: Network, x: np.ndarray) -> float:
+    """``‖J(x)‖₂`` at one point, by SVD (the reported value)."""
+    return float(np.linalg.norm(jacobians(net, x[None])[0], 2))
+
+
+# ------------------------------------------------------------------- slope utilities
+def _two_slopes(rule: act.Activation, m: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(slope for v < 0, slope for v > 0)`` if ``rule`` is piecewise linear with a kink at 0."""
+    if not isinstance(rule, act.SlopeRestricted) or rule.fn is None:
+        return None
+    grid = np.array([-3.0, -1.0, -0.25, 0.25, 1.0, 3.0])
+    values = rule.forward(np.repeat(grid[:, None], m, axis=1))
+    ratios = values / grid[:, None]
+    neg, pos = ratios[:3], ratios[3:]
+    zero = rule.forward(np.zeros((1, m)))
+    if np.ptp(neg, axis=0).max() > 1e-12 or np.ptp(pos, axis=0).max() > 1e-12 or np.abs(zero).max() > 1e-12:
+        return None
+    return neg[0], pos[0]
+
+
+def _elementwise_rules(net: Network) -> list[act.SlopeRestricted] | None:
+    """The hidden activations if ``net`` is a feed-forward chain of evaluable elementwise rules."""
+    if not net.is_feedforward:
+        return None
+    rules = list(net.activations)
+    ok = all(isinstance(r, act.SlopeRestricted) and r.fn is not None and r.derivative is not None for r in rules)
+    return rules if ok else None
+
+
+def chain_product(weights: Sequence[np.ndarray], slopes: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack of ``W_l D_{l−1} … D_1 W_1`` for slope vectors ``slopes[k]`` of shape ``(s, n_k)``.
+
+    Multiplies from the narrower end (output or input) to save work.
+    """
+    s = slopes[0].shape[0] if slopes else 1
+    if weights[-1].shape[0] <= weights[0].shape[1]:
+        jac = np.broadcast_to(weights[-1], (s,) + weights[-1].shape)
+        for w, d in zip(weights[-2::-1], slopes[::-1]):
+            jac = (jac * d[:, None, :]) @ w
+    else:
+        jac = np.broadcast_to(weights[0], (s,) + weights[0].shape)
+        for w, d in zip(weights[1:], slopes):
+            jac = w @ (d[:, :, None] * jac)
+    return np.array(jac)
+
+
+# -------------------------------------------------------------- gradient lower bound
+def _sampling_sigmas(net: Network) -> np.ndarray:
+    """Standard deviations of the sampled inputs: from well inside to far outside the bias scale."""
+    n0 = net.input_dim
+    dists = [
+        np.abs(l.bias) / np.maximum(np.linalg.norm(l.weight, axis=1), 1e-300)
+        for l in net.layers
+        if isinstance(l, Affine) and np.any(l.bias)
+    ]
+    hyper = float(np.median(np.concatenate(dists))) / np.sqrt(n0) if dists else 1.0
+    lo, hi = 0.01 * min(1.0, hyper), 100.0 * max(1.0, hyper)
+    return np.geomspace(lo, hi, 9)
+
+
+def _sample(net: Network, n: int, rng: np.random.Generator) -> np.ndarray:
+    sigmas = _sampling_sigmas(net)
+    scale = sigmas[rng.integers(len(sigmas), size=n)]
+    x = rng.standard_normal((n, net.input_dim)) * scale[:, None]
+    x[0] = 0.0
+    return x
+
+
+class _Best:
+    """Best value and point seen so far, over all evaluations."""
+
+    def __init__(self, n0: int):
+        self.value, self.x, self.evaluations = -np.inf, np.zeros(n0), 0
+
+    def update(self, x: np.ndarray, norms: np.ndarray) -> None:
+        self.evaluations += len(norms)
+        i = int(np.argmax(norms))
+        if norms[i] > self.value:
+            self.value, self.x = float(norms[i]), np.array(x[i])
+
+
+class _SmoothChain:
+    """Feed-forward elementwise network with smoothed slopes for the ascent surrogate.
+
+    Piecewise-linear activations get ``s₋ + (s₊ − s₋)·sigmoid(z/τ)``; smooth
+    ones keep their derivative (second derivative by central differences).
+    """
+
+    def __init__(self, net: Network, rules: list[act.SlopeRestricted]):
+        self.weights, self.biases, self.rules = net.weights, net.biases, rules
+        self.kinks = [_two_slopes(r, w.shape[0]) for r, w in zip(rules, self.weights)]
+
+    def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
+        zs, y = [], x
+        for w, b, rule in zip(self.weights, self.biases, self.rules):
+            z = y @ w.T + b
+            zs.append(z)
+            y = rule.forward(z)
+        return zs
+
+    def true_slopes(self, zs: list[np.ndarray]) -> list[np.ndarray]:
+        return [r.elementwise_derivative(z) for r, z in zip(self.rules, zs)]
+
+    def smooth_slopes(self, zs: list[np.ndarray], tau: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Smoothed slopes and their derivatives w.r.t. the pre-activations."""
+        slopes, curvature = [], []
+        for rule, kink, z in zip(self.rules, self.kinks, zs):
+            if kink is None:
+                eps = 1e-5 * (1.0 + np.abs(z))
+                slopes.append(rule.elementwise_derivative(z))
+                curvature.append((rule.elementwise_derivative(z + eps) - rule.elementwise_derivative(z - eps)) / (2 * eps))
+            else:
+                neg, pos = kink
+                width = tau * (np.std(z, axis=1, keepdims=True) + 1e-12)
+                sig = 0.5 * (1.0 + np.tanh(0.5 * z / width))
+                slopes.append(neg + (pos - neg) * sig)
+                curvature.append((pos - neg) * sig * (1 - sig) / width)
+        return slopes, curvature
+
+    def surrogate_gradient(self, x: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient of ``‖J_τ(x)‖₂`` w.r.t. ``x`` and the true ``‖J(x)‖₂`` (rows of ``x``)."""
+        hidden = self.pre_activations(x)
+        true = self.true_slopes(hidden)
+        smooth, curv = self.smooth_slopes(hidden, tau)
+        v, u = top_singular_pair(chain_product(self.weights, smooth))
+        # h_k: pre-activation of layer k along u; g_k: back-propagated v at post-activation k
+        hs, h = [], u @ self.weights[0].T
+        for w, d in zip(self.weights[1:], smooth):
+            hs.append(h)
+            h = (d * h) @ w.T
+        gs, g = [], v @ self.weights[-1]
+        for w, d in zip(self.weights[-2:0:-1], smooth[:0:-1]):
+            gs.append(g)
+            g = (d * g) @ w
+        gs.append(g)
+        gs = gs[::-1]
+        t = np.zeros_like(hs[-1])
+        for k in range(len(hidden) - 1, -1, -1):
+            t = (t + gs[k] * hs[k] * curv[k]) @ self.weights[k]
+            if k > 0:
+                t = t * true[k - 1]
+        return t, spectral_norms(chain_product(self.weights, true))
+
+
+def _smooth_ascent(chain: _SmoothChain, x: np.ndarray, steps: int, lr: float, best: _Best) -> np.ndarray:
+    """Normalised gradient ascent on the smoothed surrogate, annealing τ from 0.5 to 0.005.
+
+    Returns the best point of each start.
+    """
+    radius = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+    own_x, own = x.copy(), np.full(len(x), -np.inf)
+    for step, tau in enumerate(np.geomspace(0.5, 0.005, steps)):
+        grad, norms = chain.surrogate_gradient(x, tau)
+        best.update(x, norms)
+        improved = norms > own
+        own_x[improved], own[improved] = x[improved], norms[improved]
+        size = lr * radius * 0.5 * (1 + np.cos(np.pi * step / steps))
+        x = x + size * grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-300)
+    return own_x
+
+
+def _pattern_candidates(chain: _SmoothChain, x: np.ndarray, k_top: int) -> np.ndarray:
+    """Points just across the hyperplanes of the ``k_top`` neurons whose flip should help most.
+
+    With ``σ = vᵀ J u`` (top singular pair of ``J(x)``), changing the slope of
+    neuron ``i`` by ``Δd_i`` changes ``σ`` by ``Δd_i g_i h_i`` to first order
+    (``h``: ``u`` pushed forward, ``g``: ``v`` pulled back).  Each candidate
+    steps along ``∇z_i`` to just past ``z_i = 0``.  Shape ``(s, k, n_0)``.
+    """
+    hidden = chain.pre_activations(x)
+    slopes = chain.true_slopes(hidden)
+    partial, jac = [], np.broadcast_to(chain.weights[0], (len(x),) + chain.weights[0].shape)
+    for w, d in zip(chain.weights[1:], slopes):
+        partial.append(jac)
+        jac = w @ (d[:, :, None] * jac)
+    v, u = top_singular_pair(jac)
+    gs, g = [], v @ chain.weights[-1]
+    for w, d in zip(chain.weights[-2:0:-1], slopes[:0:-1]):
+        gs.append(g)
+        g = (d * g) @ w
+    gs = (gs + [g])[::-1]
+    grads = np.concatenate(partial, axis=1)  # (s, N, n0): ∇z_i
+    z = np.concatenate(hidden, axis=1)
+    flip = np.concatenate([neg + pos - d for (neg, pos), d in zip(chain.kinks, slopes)], axis=1) - np.concatenate(slopes, axis=1)
+    gain = np.concatenate([gk * np.einsum("snm,sm->sn", p, u) for gk, p in zip(gs, partial)], axis=1) * flip
+    pick = np.argsort(-gain, axis=1)[:, :k_top]
+    rows = np.arange(len(x))[:, None]
+    gz, zz = grads[rows, pick], z[rows, pick]
+    scale = np.maximum(np.sum(gz**2, axis=2), 1e-300)
+    step = (zz + np.sign(zz) * (1e-7 * np.abs(zz) + 1e-9)) / scale
+    return x[:, None, :] - step[:, :, None] * gz
+
+
+def _region_walk(chain: _SmoothChain, x: np.ndarray, steps: int, best: _Best, k_top: int = 16) -> None:
+    """Greedy walk to neighbouring linear regions while ``‖J‖₂`` grows (piecewise-linear nets)."""
+    n_hidden = sum(w.shape[0] for w in chain.weights[:-1])
+    k_top = min(k_top, n_hidden)
+    chunk = max(1, int(4e6 // (n_hidden * x.shape[1])))
+    for lo in range(0, len(x), chunk):
+        xs = x[lo : lo + chunk]
+        current = spectral_norms(chain_product(chain.weights, chain.true_slopes(chain.pre_activations(xs))))
+        for _ in range(steps):
+            cand = _pattern_candidates(chain, xs, k_top)
+            flat = cand.reshape(-1, xs.shape[1])
+            norms = spectral_norms(chain_product(chain.weights, chain.true_slopes(chain.pre_activations(flat))))
+            best.update(flat, norms)
+            norms = norms.reshape(len(xs), -1)
+            pick = np.argmax(norms, axis=1)
+            top = norms[np.arange(len(xs)), pick]
+            better = top > current * (1 + 1e-12)
+            if not np.any(better):
+                break
+            xs = np.where(better[:, None], cand[np.arange(len(xs)), pick], xs)
+            current = np.where(better, top, current)
+
+
+def _hill_climb(net: Network, x: np.ndarray, steps: int, lr: float, best: _Best, rng: np.random.Generator) -> None:
+    """Move each point along ±(top right singular vector) or a random direction if it helps."""
+    radius = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+    current = jacobian_norms(net, x)
+    best.update(x, current)
+    factors = np.array([1.0, 0.1, 0.01])
+    for step in range(steps):
+        u = top_singular_pair(jacobians(net, x))[1]
+        r = rng.standard_normal(x.shape)
+        r /= np.linalg.norm(r, axis=1, keepdims=True)
+        dirs = np.stack([u, -u, r, -r], axis=1)  # (s, 4, n)
+        shift = lr * radius[:, :, None] * factors[None, :, None]  # (s, 3, 1)
+        cand = x[:, None, None, :] + dirs[:, :, None, :] * shift[:, None, :, :]
+        flat = cand.reshape(-1, x.shape[1])
+        norms = jacobian_norms(net, flat).reshape(len(x), -1)
+        best.update(flat, norms.ravel())
+        pick = np.argmax(norms, axis=1)
+        better = norms[np.arange(len(x)), pick] > current
+        x = np.where(better[:, None], flat.reshape(len(x), -1, x.shape[1])[np.arange(len(x)), pick], x)
+        current = np.where(better, norms[np.arange(len(x)), pick], current)
+
+
+def _diverse_starts(x: np.ndarray, norms: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Half the starts: best points of distinct values of ``‖J‖`` (distinct regions); half: random."""
+    order = np.argsort(norms)[::-1]
+    _, first = np.unique(np.round(norms[order] / max(norms.max(), 1e-300), 9), return_index=True)
+    distinct = order[np.sort(first)]
+    chosen = list(distinct[: (n + 1) // 2])
+    rest = np.setdiff1d(np.arange(len(x)), chosen)
+    chosen += list(rng.choice(rest, size=min(n - len(chosen), len(rest)), replace=False))
+    return x[np.array(chosen, dtype=int)]
+
+
+def gradient_lower_bound(
+    net: Network,
+    n_starts: int = 20,
+    steps: int = 200,
+    seed: int = 0,
+    lr: float = 0.05,
+    n_samples: int | None = None,
+) -> LowerBound:
+    """Lower bound ``max_x ‖J(x)‖₂`` found by sampling and ascent.
+
+    1. Sample ``n_samples`` inputs at scales from well inside to far outside the
+       bias scale (so that many linear regions are visited) and keep the
+       ``n_starts`` with the largest ``‖J(x)‖₂``.
+    2. Feed-forward nets of elementwise activations: normalised gradient ascent
+       on ``‖J_τ(x)‖₂`` where kinks are smoothed with width τ (annealed), which
+       makes the gradient informative for piecewise-linear nets; other nets:
+       hill climbing along the top right singular vector of ``J(x)`` and random
+       directions.
+
+    The returned value is ``‖J(x)‖₂`` (SVD, float64) at the best point found, a
+    true lower bound on the ℓ2 Lipschitz constant.
+
+    Parameters
+    ----------
+    net
+        Any :class:`~lipsdp.network.Network` whose activations can be evaluated.
+    n_starts
+        Number of ascent starting points.
+    steps
+        Ascent iterations per start (hill climbing uses ``steps // 4``).
+    seed
+        Seed of the random generator.
+    lr
+        Step size relative to ``max(‖x‖, 1)``.
+    n_samples
+        Random samples of the first stage (default ``max(1024, 32 n_starts)``).
+
+    Returns
+    -------
+    LowerBound
+    """
+    rng = np.random.default_rng(seed)
+    best = _Best(net.input_dim)
+    x = _sample(net, n_samples or max(1024, 32 * n_starts), rng)
+    norms = jacobian_norms(net, x)
+    best.update(x, norms)
+    starts = _diverse_starts(x, norms, max(1, n_starts), rng)
+    rules = _elementwise_rules(net)
+    if steps > 0 and rules is not None and len(net.weights) > 1:
+        chain = _SmoothChain(net, rules)
+        ends = _smooth_ascent(chain, starts, steps, lr, best)
+        if all(k is not None for k in chain.kinks):
+            _region_walk(chain, ends, max(1, steps // 4), best)
+    elif steps > 0 and len(net.layers) > 1:
+        _hill_climb(net, starts, max(1, steps // 4), lr, best, rng)
+    return LowerBound(_exact_norm(net, best.x), best.x, best.evaluations, "gradient")
+
+
+def finite_difference_lower_bound(
+    net: Network, n_pairs: int = 2000, seed: int = 0, relative_step: float = 1e-3
+) -> LowerBound:
+    """``max ‖f(x) − f(y)‖₂ / ‖x − y‖₂`` over random close pairs.
+
+    ``x`` is sampled as in :func:`gradient_lower_bound`; ``y = x + δ e`` with a
+    random unit vector ``e`` and ``δ = relative_step · max(‖x‖, 1)``.  Every
+    ratio is a true lower bound (up to float64 rounding of ``f``).
+    """
+    rng = np.random.default_rng(seed)
+    x = _sample(net, n_pairs, rng)
+    e = rng.standard_normal(x.shape)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    y = x + relative_step * np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0) * e
+    ratios = np.linalg.norm(net(x) - net(y), axis=1) / np.linalg.norm(x - y, axis=1)
+    i = int(np.argmax(ratios))
+    return LowerBound(float(ratios[i]), x[i], 2 * n_pairs, "finite-difference")
+
+
+# -------------------------------------------------------------- exact pattern search
+_MAX_NEURONS = 16
+_BATCH = 4096
+
+
+def _pattern_setup(net: Network) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Weights, slope boxes ``(α, β)`` and kink slopes ``(s₋, s₊)``; refuse unsuitable nets."""
+    if not net.is_feedforward:
+        raise NotApplicableError(f"exact_pattern_bound needs a feed-forward network; got {net.summary()}")
+    weights = list(net.weights)
+    widths = [w.shape[0] for w in weights[:-1]]
+    if sum(widths) > _MAX_NEURONS:
+        raise NotApplicableError(
+            f"exact_pattern_bound enumerates 2^N patterns; N = {sum(widths)} hidden neurons exceeds {_MAX_NEURONS}"
+        )
+    kinks, boxes = [], []
+    for rule, m in zip(net.activations, widths):
+        kink = _two_slopes(rule, m)
+        if kink is None:
+            raise NotApplicableError(
+                f"exact_pattern_bound needs piecewise-linear two-slope activations (ReLU, LeakyReLU); got {rule.describe()}"
+            )
+        kinks.append(kink)
+        boxes.append(rule.slope_bounds(m))
+    return weights, boxes, kinks
+
+
+def _split(flat: np.ndarray, widths: Sequence[int]) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum(widths)[:-1], axis=1)
+
+
+def _max_all_patterns(weights: list[np.ndarray], boxes: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Max of ``‖W_l D … W_1‖₂`` over all vertices of the slope box, in batches."""
+    widths = [w.shape[0] for w in weights[:-1]]
+    lo = np.concatenate([b[0] for b in boxes])
+    hi = np.concatenate([b[1] for b in boxes])
+    n = lo.size
+    best, best_slopes = -np.inf, None
+    for start in range(0, 2**n, _BATCH):
+        idx = np.arange(start, min(2**n, start + _BATCH))
+        bits = (idx[:, None] >> np.arange(n)) & 1
+        slopes = lo + bits * (hi - lo)
+        norms = spectral_norms(chain_product(weights, _split(slopes, widths)))
+        i = int(np.argmax(norms))
+        if norms[i] > best:
+            best, best_slopes = norms[i], slopes[i : i + 1]
+    return float(np.linalg.norm(chain_product(weights, _split(best_slopes, widths))[0], 2))
+
+
+class _RegionSearch:
+    """DFS over neuron signs, keeping only sign patterns whose region has interior.
+
+    Every node of the search carries a *witness*: a point strictly inside its
+    region.  A new hyperplane whose normal is independent of those on the
+    current path cuts the region for sure (the witness moves along the
+    orthogonal direction to either side); a dependent one keeps the witness on
+    its side, and an LP (Chebyshev-ball radius, capped at 1) decides the other
+    side and supplies its witness.  Leaves are the realizable patterns, each
+    with an input where it occurs.
+    """
+
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], kinks: list, tol: float = 1e-9):
+        self.weights, self.biases, self.kinks, self.tol = weights, biases, kinks, tol
+        self.rows: list[np.ndarray] = []
+        self.rhs: list[float] = []
+        self.basis: list[np.ndarray] = []
+        self.witnesses: list[np.ndarray] = []
+        self.n_lp = 0
+
+    def run(self) -> np.ndarray:
+        """Witness inputs, one per realizable pattern (rows)."""
+        self._layer(0, self.weights[0], self.biases[0], np.zeros(self.weights[0].shape[1]))
+        return np.array(self.witnesses)
+
+    def _layer(self, k: int, A: np.ndarray, c: np.ndarray, x: np.ndarray) -> None:
+        if k == len(self.kinks):
+            self.witnesses.append(x)
+            return
+        self._neuron(k, A, c, 0, np.empty(len(c)), x)
+
+    def _neuron(self, k: int, A: np.ndarray, c: np.ndarray, i: int, slopes: np.ndarray, x: np.ndarray) -> None:
+        if i == len(c):
+            w, b = self.weights[k + 1], self.biases[k + 1]
+            self._layer(k + 1, w @ (slopes[:, None] * A), w @ (slopes * c) + b, x)
+            return
+        norm = np.linalg.norm(A[i])
+        neg, pos = self.kinks[k]
+        if norm <= 1e-12:  # constant pre-activation: only the sign of c matters
+            for sign, slope in ((1.0, pos[i]), (-1.0, neg[i])):
+                if sign * c[i] >= -self.tol:
+                    slopes[i] = slope
+                    self._neuron(k, A, c, i + 1, slopes, x)
+            return
+        direction, offset = A[i] / norm, c[i] / norm
+        fresh = self._new_basis_vector(direction)
+        for sign, slope in ((1.0, pos[i]), (-1.0, neg[i])):
+            self.rows.append(-sign * direction)
+            self.rhs.append(sign * offset)
+            inside = self._witness(x, direction, offset, sign, fresh)
+            if inside is not None:
+                slopes[i] = slope
+                self.basis.extend([] if fresh is None else [fresh])
+                self._neuron(k, A, c, i + 1, slopes, inside)
+                del self.basis[len(self.basis) - (0 if fresh is None else 1) :]
+            self.rows.pop()
+            self.rhs.pop()
+
+    def _new_basis_vector(self, direction: np.ndarray) -> np.ndarray | None:
+        """Orthonormalised ``direction`` if it is independent of the path's normals, else None."""
+        residual = direction.copy()
+        for q in self.basis:
+            residual -= (q @ residual) * q
+        size = np.linalg.norm(residual)
+        return residual / size if size > 1e-9 else None
+
+    def _margin(self, x: np.ndarray) -> float:
+        return float(np.min(np.array(self.rhs) - np.array(self.rows) @ x))
+
+    def _witness(self, x: np.ndarray, direction: np.ndarray, offset: float, sign: float, fresh: np.ndarray | None):
+        """A point strictly inside the current constraints (the last one new), or None."""
+        if fresh is not None:
+            # move along a direction that leaves every earlier constraint unchanged
+            target = sign * max(1.0, abs(direction @ x + offset))
+            moved = x + (target - (direction @ x + offset)) / (direction @ fresh) * fresh
+            if self._margin(moved) > self.tol:
+                return moved
+        elif self._margin(x) > self.tol:
+            return x
+        return self._lp_point()
+
+    def _lp_point(self) -> np.ndarray | None:
+        """Centre of the largest ball (radius ≤ 1) inside the constraints, if its radius > tol (HiGHS)."""
+        self.n_lp += 1
+        n = self.rows[0].size
+        a_ub = np.hstack([np.array(self.rows), np.ones((len(self.rows), 1))])
+        cost = np.zeros(n + 1)
+        cost[-1] = -1.0
+        res = linprog(cost, A_ub=a_ub, b_ub=np.array(self.rhs), bounds=[(None, None)] * n + [(None, 1.0)], method="highs")
+        if res.status != 0 or -res.fun <= self.tol:
+            return None
+        return res.x[:n]
+
+
+def exact_pattern_bound(net: Network) -> PatternBound:
+    """Exact activation-pattern bounds of a tiny piecewise-linear network.
+
+    Parameters
+    ----------
+    net
+        Feed-forward network whose hidden activations are piecewise linear with
+        two slopes and a kink at 0 (ReLU, LeakyReLU), at most 16 hidden neurons.
+
+    Returns
+    -------
+    PatternBound
+        ``max_all_patterns`` (every slope choice, a lower bound for
+        LipSDP-Neuron) and ``max_realizable`` (patterns met by some input: the
+        true Lipschitz constant).
+
+    Raises
+    ------
+    NotApplicableError
+        Not feed-forward, other activations, or more than 16 hidden neurons.
+    """
+    weights, boxes, kinks = _pattern_setup(net)
+    widths = [w.shape[0] for w in weights[:-1]]
+    if not widths:
+        value = float(np.linalg.norm(weights[0], 2))
+        return PatternBound(value, value, 1, 1, np.zeros(net.input_dim))
+    witnesses = _RegionSearch(weights, list(net.biases), kinks).run()
+    best = witnesses[int(np.argmax(jacobian_norms(net, witnesses)))]
+    return PatternBound(_max_all_patterns(weights, boxes), _exact_norm(net, best), 2 ** sum(widths), len(witnesses), best)
