@@ -9,4 +9,4 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
 # the notebooks run on this kernel
-python -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
+python -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_notebook_executes(path: Path):
                MPLBACKEND="Agg")
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
+    started = time.time()
     client.execute(env=env)  # raises CellExecutionError on the first failing cell
     errors = [out for cell in notebook.cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
     assert not errors
+    figures = [p for p in (ROOT / "results").glob("*.png") if p.stat().st_mtime >= started - 1]
+    assert figures, f"{path.name} saved no figure under results/"

@@ -1,0 +1,228 @@
+"""Pure tensor maths shared by the Lipschitz parameterizations.
+
+Every function here is a side-effect free map from free parameters (tensors) to
+constrained quantities.  The layers in :mod:`lmi.layers` and the networks in
+:mod:`lmi.models` only wire these pieces together, so each piece of maths lives
+in exactly one place:
+
+* :func:`cayley` -- the Cayley transform of a tall matrix (orthonormal columns);
+  used by the sandwich layer (Wang & Manchester, ICML 2023) and by the
+  orthogonal baseline.
+* :func:`contraction` -- a strict contraction built from a Cholesky factor,
+  ``W = L^{-1} V`` with ``L L^T = V V^T + alpha I``; used by the LDL^T network.
+* :func:`gershgorin_rowsum` -- the scaled absolute row sums
+  ``sum_j |P_ij| exp(q_j - q_i)`` that upper bound a PSD matrix by a diagonal
+  one (Gershgorin discs); used by AOL, SLL.
+* :func:`abs_chain` -- the chain of absolute-value products behind the
+  Gershgorin certificate of a whole network.
+* :func:`lipsdp_matrix` -- the LipSDP matrix ``M(rho, Lambda)`` (MATH.md §1) for
+  a feed-forward network with slope-[0, 1] activations, used to check witnesses
+  without an SDP solver.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "cayley",
+    "semi_orthogonal",
+    "contraction",
+    "gershgorin_rowsum",
+    "aol_scale",
+    "sll_diag",
+    "abs_chain",
+    "lipsdp_matrix",
+    "lmi_max_eig",
+    "product_witness",
+]
+
+
+def _eye_like(n: int, ref: torch.Tensor) -> torch.Tensor:
+    return torch.eye(n, dtype=ref.dtype, device=ref.device)
+
+
+def cayley(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Cayley transform of the stacked matrix ``[X; Y]``.
+
+    With ``Z = X - X^T + Y^T Y`` (``X`` is ``q x q``, ``Y`` is ``p x q``) return
+
+    .. math::  C = (I + Z)^{-1}(I - Z), \qquad D = -2\,Y (I + Z)^{-1},
+
+    so that ``[C; D]`` has orthonormal columns: ``C^T C + D^T D = I_q``.  In the
+    sandwich notation ``A^T = C`` and ``B^T = D``, hence ``A A^T + B B^T = I``.
+    ``I + Z`` is always invertible (its symmetric part is ``I + Y^T Y`` > 0); we
+    use linear solves, never explicit inverses.
+
+    Parameters
+    ----------
+    X : (q, q) tensor
+    Y : (p, q) tensor (``p`` may be 0)
+
+    Returns
+    -------
+    C : (q, q) tensor
+    D : (p, q) tensor
+    """
+    q = X.shape[-1]
+    eye = _eye_like(q, X)
+    Z = X - X.transpose(-1, -2) + Y.transpose(-1, -2) @ Y
+    IpZ = eye + Z
+    C = torch.linalg.solve(IpZ, eye - Z)
+    # D = -2 Y (I+Z)^{-1}  <=>  D^T = -2 (I+Z)^{-T} Y^T
+    D = -2.0 * torch.linalg.solve(IpZ.transpose(-1, -2), Y.transpose(-1, -2)).transpose(-1, -2)
+    return C, D
+
+
+def semi_orthogonal(P: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """A ``out x in`` matrix with orthonormal rows or columns (spectral norm 1).
+
+    ``P`` is a free ``(max, min)`` matrix whose first ``min`` rows are ``X`` and
+    remaining rows ``Y`` of :func:`cayley`.  If ``out <= in`` the result has
+    orthonormal rows (``W W^T = I``), otherwise orthonormal columns.
+    """
+    k = min(out_features, in_features)
+    C, D = cayley(P[:k], P[k:])
+    tall = torch.cat([C, D], dim=0)  # (max, min), orthonormal columns
+    return tall if out_features >= in_features else tall.transpose(0, 1)
+
+
+def contraction(V: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Strict contraction from a free matrix through a Cholesky factor.
+
+    With ``L L^T = V V^T + alpha I`` (``L`` lower triangular), ``W = L^{-1} V``
+    satisfies
+
+    .. math::  I - W W^T = \alpha\, L^{-1} L^{-T} \succ 0,
+
+    i.e. ``||W||_2 < 1`` for every ``V``, and the slack has the closed-form
+    factor ``sqrt(alpha) L^{-1}``.  This is the Cholesky device of the LDL^T
+    parameterization (Juston et al., 2025), written on the row side so the
+    slack's factor is available without another decomposition.
+
+    Returns
+    -------
+    W : tensor, same shape as ``V``
+    Linv : (m, m) lower-triangular ``L^{-1}``
+    """
+    m = V.shape[0]
+    eye = _eye_like(m, V)
+    G = V @ V.transpose(0, 1) + alpha * eye
+    L = torch.linalg.cholesky(G)
+    W = torch.linalg.solve_triangular(L, V, upper=False)
+    Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+    return W, Linv
+
+
+def gershgorin_rowsum(P: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Scaled Gershgorin row sums ``t_i = sum_j |P_ij| exp(q_j - q_i)``.
+
+    For symmetric ``P``, ``diag(t) - P`` is positive semidefinite: it is the
+    congruence ``diag(e^{-q}) S diag(e^{-q})`` of a diagonally dominant ``S``.
+    """
+    A = P.abs()
+    if q is None:
+        return A.sum(dim=1)
+    return (A * torch.exp(q.unsqueeze(0) - q.unsqueeze(1))).sum(dim=1)
+
+
+def aol_scale(V: torch.Tensor, q: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    r"""AOL rescaling (Prach & Lampert, 2022): ``W = V diag(t)^{-1/2}`` with
+    ``t = gershgorin_rowsum(V^T V)``, hence ``W^T W \preceq I``."""
+    t = gershgorin_rowsum(V.transpose(0, 1) @ V, q)
+    return V * torch.rsqrt(t + eps).unsqueeze(0)
+
+
+def sll_diag(V: torch.Tensor, q: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    r"""SLL diagonal (Araujo et al., ICLR 2023): ``t = gershgorin_rowsum(V V^T, q)``
+    so that ``diag(t) \succeq V V^T`` (``V`` is ``k x n``)."""
+    return gershgorin_rowsum(V @ V.transpose(0, 1), q) + eps
+
+
+def abs_chain(weights: Sequence[torch.Tensor], s0: torch.Tensor, eps: float):
+    r"""Forward/backward sweeps of the scaled Gershgorin certificate.
+
+    For a feed-forward net with weights ``W_1..W_l`` and slope-[0, 1]
+    activations, the augmented LipSDP matrix (``W_l^T W_l`` replaced by its
+    Schur complement) is block tridiagonal with diagonal blocks
+    ``rho I, 2 Lambda_1, ..., 2 Lambda_{l-1}, I`` and off-diagonal blocks
+    ``-Lambda_k W_k`` and ``W_l``.  With the positive scaling vectors
+
+        s_0 given,  s_k = |W_k| s_{k-1} + eps          (k = 1..l)
+
+    and multipliers (backwards, ``Lambda_l = I``)
+
+        lambda_k = (|W_{k+1}|^T Lambda_{k+1} s_{k+1}) / s_k,
+
+    every row of ``diag(s) (-M_aug) diag(s)`` is diagonally dominant except the
+    input block, which needs ``rho s_0 >= |W_1|^T Lambda_1 s_1``.  Returns the
+    smallest such ``rho`` (``rho_req``) and the multipliers
+    ``[lambda_1, ..., lambda_{l-1}]``.
+    """
+    s = [s0]
+    for W in weights:
+        s.append(W.abs() @ s[-1] + eps)
+    lam_next = torch.ones_like(s[-1])  # Lambda_l = I
+    lams = []
+    for k in range(len(weights) - 1, 0, -1):  # k = l-1 .. 1 (0-based weights[k] = W_{k+1})
+        lam_k = (weights[k].abs().transpose(0, 1) @ (lam_next * s[k + 1])) / s[k]
+        lams.append(lam_k)
+        lam_next = lam_k
+    lams.reverse()
+    rho_req = ((weights[0].abs().transpose(0, 1) @ (lam_next * s[1])) / s0).max()
+    return rho_req, lams
+
+
+def lipsdp_matrix(weights: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], rho) -> torch.Tensor:
+    r"""The LipSDP-Neuron matrix ``M(rho, Lambda)`` for slope-[0, 1] activations.
+
+    Variables ``z = (dx_0, dx_1, ..., dx_{l-1})``; ``M`` is block tridiagonal:
+    ``(0,0) = -rho I``, ``(k,k) = -2 Lambda_k`` (plus ``W_l^T W_l`` on the last
+    block), ``(k-1,k) = W_k^T Lambda_k``.  ``M \preceq 0`` certifies that the
+    network is ``sqrt(rho)``-Lipschitz in the 2-norm (MATH.md §1).
+    """
+    W = [w.detach().to(torch.float64) for w in weights]
+    lam = [x.detach().to(torch.float64).reshape(-1) for x in lambdas]
+    if len(lam) != len(W) - 1:
+        raise ValueError(f"need {len(W) - 1} multiplier vectors, got {len(lam)}")
+    sizes = [W[0].shape[1]] + [w.shape[0] for w in W[:-1]]
+    offs = [0]
+    for n in sizes:
+        offs.append(offs[-1] + n)
+    M = torch.zeros(offs[-1], offs[-1], dtype=torch.float64, device=W[0].device)
+    M[: sizes[0], : sizes[0]] = -float(rho) * torch.eye(sizes[0], dtype=torch.float64, device=W[0].device)
+    for k in range(1, len(W)):
+        a, b = offs[k], offs[k + 1]
+        pa, pb = offs[k - 1], offs[k]
+        M[a:b, a:b] = -2.0 * torch.diag(lam[k - 1])
+        off = W[k - 1].transpose(0, 1) * lam[k - 1].unsqueeze(0)  # W_k^T Lambda_k
+        M[pa:pb, a:b] += off
+        M[a:b, pa:pb] += off.transpose(0, 1)
+    a, b = offs[-2], offs[-1]
+    M[a:b, a:b] += W[-1].transpose(0, 1) @ W[-1]
+    return M
+
+
+def lmi_max_eig(weights, lambdas, rho) -> float:
+    """Largest eigenvalue of :func:`lipsdp_matrix` (``<= 0`` means certified)."""
+    M = lipsdp_matrix(weights, lambdas, rho)
+    return float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max())
+
+
+def product_witness(weights: Sequence[torch.Tensor]):
+    r"""LipSDP-Layer witness of the product-of-norms bound.
+
+    With ``q_0 = rho = prod ||W_k||^2`` and ``q_k = q_{k-1} / ||W_k||^2``,
+    ``Lambda_k = q_k I`` makes ``M(rho, Lambda) \preceq 0``.  Returns
+    ``(rho, lambdas)``.
+    """
+    norms = [float(torch.linalg.matrix_norm(w.detach().to(torch.float64), ord=2)) for w in weights]
+    rho = 1.0
+    for n in norms:
+        rho *= n * n
+    lams, q = [], rho
+    for k in range(len(weights) - 1):
+        q = q / max(norms[k] ** 2, 1e-300)
+        lams.append(torch.full((weights[k].shape[0],), q, dtype=torch.float64))
+    return rho, lams

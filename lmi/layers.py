@@ -1,0 +1,394 @@
+"""Layers whose Lipschitz bound holds by construction.
+
+Each layer here is a ``torch.nn.Module`` whose constrained weights are a smooth
+function (see :mod:`lmi.functional`) of free parameters, so any optimiser step
+keeps the certificate.  The layer-wise ones (:class:`SandwichLinear`,
+:class:`AOLLinear`, :class:`CayleyLinear`, :class:`SpectralLinear`,
+:class:`SLLBlock`, :class:`GershgorinLinear`) are 1-Lipschitz on their own; the
+network-level ones (:class:`LDLTLinear`, and :class:`GershgorinLinear` inside a
+network) receive their scaling from the network in :mod:`lmi.models`.
+
+Activations must be slope-restricted in ``[0, 1]`` (ReLU, tanh, sigmoid,
+LeakyReLU with slope >= 0); this is the quadratic constraint used by every
+certificate below.
+
+Caching: :class:`CachedWeights` recomputes the constrained weights on every
+forward in training mode and caches them in eval mode; the cache is keyed on
+the version counters of every parameter/buffer and cleared by ``train()``,
+``load_state_dict`` and device/dtype moves.  In eval mode the cached weights are
+detached (parameters are treated as constants).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import functional as LF
+
+__all__ = [
+    "CachedWeights",
+    "make_activation",
+    "SandwichLinear",
+    "LDLTLinear",
+    "GershgorinLinear",
+    "AOLLinear",
+    "CayleyLinear",
+    "SpectralLinear",
+    "SLLBlock",
+]
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,  # slope in (0, 1]
+}
+
+
+def make_activation(activation) -> nn.Module:
+    """Return an activation module from a name, a module, or ``None`` (ReLU).
+
+    Only activations slope-restricted in ``[0, 1]`` keep the certificates valid.
+    """
+    if activation is None:
+        return nn.ReLU()
+    if isinstance(activation, nn.Module):
+        if isinstance(activation, nn.LeakyReLU) and not (0.0 <= activation.negative_slope <= 1.0):
+            raise ValueError("LeakyReLU slope must lie in [0, 1] for the certificates to hold")
+        return activation
+    if isinstance(activation, str):
+        key = activation.lower().replace("-", "_")
+        if key not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+        return _ACTIVATIONS[key]()
+    raise TypeError(f"activation must be a name or an nn.Module, got {type(activation).__name__}")
+
+
+class CachedWeights(nn.Module):
+    """Mixin: ``self.computed()`` returns ``self._compute()``, cached in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = None
+        self._cache_key = None
+
+    def _compute(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _state_key(self):
+        return tuple(
+            (t._version, t.data_ptr(), t.dtype, str(t.device))
+            for t in list(self.parameters()) + list(self.buffers())
+        )
+
+    def invalidate_cache(self) -> None:
+        """Drop cached weights (called by ``train()``, ``load_state_dict`` and moves)."""
+        self._cache = None
+        self._cache_key = None
+
+    def computed(self):
+        """The constrained weights: recomputed in training mode, cached in eval."""
+        if self.training:
+            self._cache = None
+            return self._compute()
+        key = self._state_key()
+        if self._cache is None or self._cache_key != key:
+            with torch.no_grad():
+                self._cache = self._compute()
+            self._cache_key = key
+        return self._cache
+
+    def train(self, mode: bool = True):
+        self.invalidate_cache()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+
+def _init_bias(bias: torch.Tensor, fan_in: int) -> None:
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    nn.init.uniform_(bias, -bound, bound)
+
+
+class SandwichLinear(CachedWeights):
+    r"""Sandwich layer (Wang & Manchester, ICML 2023), 1-Lipschitz by construction.
+
+    Free parameters ``X (q x q)``, ``Y (p x q)`` (stored stacked as ``XY``),
+    ``d (q)`` and bias ``b``.  With ``[A^T; B^T] = cayley(X, Y)`` (so
+    ``A A^T + B B^T = I``) and ``Psi = diag(e^d)`` the hidden layer is
+
+    .. math::  h \mapsto \sqrt2\, A^T \Psi\, \sigma(\sqrt2\, \Psi^{-1} B h + b),
+
+    and it satisfies, for every parameter value, the LipSDP LMI of the
+    one-hidden-layer map ``W_2 sigma(W_1 h + b)`` with ``W_1 = sqrt2 Psi^{-1} B``,
+    ``W_2 = sqrt2 A^T Psi``, ``rho = 1`` and multiplier ``Lambda = Psi^2`` (convention of MATH.md §1, where the slope-[0, 1]
+    constraint reads ``2 dv^T Lambda dx - 2 dx^T Lambda dx >= 0``):
+
+    .. math::  \begin{bmatrix} -I & W_1^T\Lambda \\ \Lambda W_1 & W_2^T W_2 - 2\Lambda \end{bmatrix} \preceq 0.
+
+    With ``output=True`` the layer is the linear map ``h -> B h + b``
+    (``||B|| <= 1``), used as the last layer of a sandwich network.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation=None, output: bool = False,
+                 dtype=None, device=None) -> None:
+        super().__init__()
+        fk = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features, self.output = in_features, out_features, output
+        q, p = out_features, in_features
+        self.XY = nn.Parameter(torch.empty(q + p, q, **fk))
+        nn.init.xavier_normal_(self.XY)
+        if output:
+            self.register_parameter("d", None)
+        else:
+            self.d = nn.Parameter(torch.zeros(q, **fk))
+        self.bias = nn.Parameter(torch.empty(q, **fk))
+        _init_bias(self.bias, p)
+        self.activation = None if output else make_activation(activation)
+
+    def factors(self):
+        """Return ``(A, B, psi)``: ``A`` is ``q x q``, ``B`` is ``q x p``, ``psi = e^d``."""
+        q = self.out_features
+        C, D = LF.cayley(self.XY[:q], self.XY[q:])
+        A, B = C.transpose(0, 1), D.transpose(0, 1)
+        psi = None if self.d is None else torch.exp(self.d)
+        return A, B, psi
+
+    def _compute(self):
+        return self.factors()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        A, B, psi = self.computed()
+        if self.output:
+            return F.linear(x, B, self.bias)
+        pre = math.sqrt(2.0) * F.linear(x, B) / psi + self.bias
+        return math.sqrt(2.0) * (self.activation(pre) * psi) @ A
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, output={self.output}"
+
+
+class LDLTLinear(nn.Module):
+    r"""One layer of the LDL^T network (Juston et al., 2025), restated for MLPs.
+
+    The layer holds a free matrix ``V`` (``out x in``), log-multipliers
+    ``log lambda`` and a bias.  Given the Cholesky factor ``F`` of the previous
+    LDL^T pivot ``D_{k-1} = F F^T`` it returns the plain weight
+
+    .. math::  W_k = \sqrt2\, \Lambda_k^{-1/2}\, \tilde W_k F^T,\qquad
+               \tilde W_k = L_k^{-1} V_k,\ L_k L_k^T = V_k V_k^T + \alpha I,
+
+    and the factor of the next pivot
+    ``D_k = 2 Lambda_k - Lambda_k W_k D_{k-1}^{-1} W_k^T Lambda_k
+    = 2 alpha Lambda_k^{1/2} L_k^{-1} L_k^{-T} Lambda_k^{1/2} > 0``.
+    The last layer uses ``W_l = \tilde W_l F^T`` so that
+    ``D_{l-1} - W_l^T W_l = F (I - \tilde W_l^T \tilde W_l) F^T \succeq 0``.
+    All pivots positive is exactly the block LDL^T test of the LipSDP LMI
+    (MATH.md §1-2), so the network with ``D_0 = gamma^2 I`` is gamma-Lipschitz.
+    """
+
+    def __init__(self, in_features: int, out_features: int, alpha: float = 1.0, output: bool = False,
+                 dtype=None, device=None) -> None:
+        super().__init__()
+        fk = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features, self.output = in_features, out_features, output
+        self.alpha = float(alpha)
+        self.V = nn.Parameter(torch.empty(out_features, in_features, **fk))
+        # singular values sqrt(alpha) => tilde W has singular values 1/sqrt(2)
+        nn.init.orthogonal_(self.V)
+        with torch.no_grad():
+            self.V.mul_(math.sqrt(self.alpha))
+        if output:
+            self.register_parameter("log_lambda", None)
+        else:
+            self.log_lambda = nn.Parameter(torch.zeros(out_features, **fk))
+        self.bias = nn.Parameter(torch.empty(out_features, **fk))
+        _init_bias(self.bias, in_features)
+
+    def weight(self, F_prev: torch.Tensor):
+        """Return ``(W, F_next, lam)`` given the previous pivot factor ``F_prev``."""
+        Wt, Linv = LF.contraction(self.V, self.alpha)
+        if self.output:
+            return Wt @ F_prev.transpose(0, 1), None, None
+        lam = torch.exp(self.log_lambda)
+        W = math.sqrt(2.0) * torch.rsqrt(lam).unsqueeze(1) * (Wt @ F_prev.transpose(0, 1))
+        F_next = math.sqrt(2.0 * self.alpha) * torch.sqrt(lam).unsqueeze(1) * Linv
+        return W, F_next, lam
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, alpha={self.alpha}, output={self.output}"
+
+
+class GershgorinLinear(CachedWeights):
+    r"""Linear layer rescaled by a scaled-Gershgorin certificate.
+
+    Alone, ``W = V / sqrt(rho)`` with ``rho = max_i (|V|^T |V| s)_i / s_i``
+    (``s = e^{log_s} > 0``), so ``W^T W \preceq I`` because
+    ``diag(s)(rho I - |V|^T|V|)diag(s)`` is diagonally dominant.  Inside
+    :class:`lmi.models.GershgorinNet` only ``V`` and ``bias`` are used and the
+    certificate is built for the whole network (:func:`lmi.functional.abs_chain`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, scaling: bool = True,
+                 dtype=None, device=None) -> None:
+        super().__init__()
+        fk = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features = in_features, out_features
+        self.V = nn.Parameter(torch.empty(out_features, in_features, **fk))
+        nn.init.orthogonal_(self.V)
+        if scaling:
+            self.log_s = nn.Parameter(torch.zeros(in_features, **fk))
+        else:  # the network owns the scaling vector
+            self.register_parameter("log_s", None)
+        self.bias = nn.Parameter(torch.empty(out_features, **fk))
+        _init_bias(self.bias, in_features)
+
+    def _compute(self):
+        if self.log_s is None:
+            raise RuntimeError("GershgorinLinear(scaling=False) is only usable inside GershgorinNet")
+        eps = torch.finfo(self.V.dtype).eps
+        rho, _ = LF.abs_chain([self.V], torch.exp(self.log_s), eps=eps)
+        return self.V * torch.rsqrt(rho + eps)
+
+    def weight(self) -> torch.Tensor:
+        return self.computed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.computed(), self.bias)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+class _NormedLinear(CachedWeights):
+    """Shared body of the 1-Lipschitz linear baselines (``||W||_2 <= 1``)."""
+
+    def __init__(self, in_features: int, out_features: int, shape, dtype=None, device=None) -> None:
+        super().__init__()
+        fk = {"dtype": dtype, "device": device}
+        self.in_features, self.out_features = in_features, out_features
+        self.V = nn.Parameter(torch.empty(*shape, **fk))
+        nn.init.orthogonal_(self.V)
+        self.bias = nn.Parameter(torch.empty(out_features, **fk))
+        _init_bias(self.bias, in_features)
+
+    def weight(self) -> torch.Tensor:
+        return self.computed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.computed(), self.bias)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+
+class AOLLinear(_NormedLinear):
+    r"""Almost-orthogonal layer (Prach & Lampert, ECCV 2022).
+
+    ``W = V diag(t)^{-1/2}`` with ``t_i = sum_j |V^T V|_ij``; Gershgorin gives
+    the LMI ``W^T W \preceq I`` for every ``V``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        super().__init__(in_features, out_features, (out_features, in_features), dtype, device)
+
+    def _compute(self):
+        return LF.aol_scale(self.V)
+
+
+class CayleyLinear(_NormedLinear):
+    r"""Orthogonal layer through the Cayley transform (Trockman & Kolter, 2021).
+
+    ``W`` has orthonormal rows (``out <= in``) or columns (``out > in``), so it
+    satisfies the LMI ``W^T W \preceq I`` with equality on its row/column space.
+    """
+
+    def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        shape = (max(in_features, out_features), min(in_features, out_features))
+        super().__init__(in_features, out_features, shape, dtype, device)
+        with torch.no_grad():
+            self.V.mul_(0.5)
+
+    def _compute(self):
+        return LF.semi_orthogonal(self.V, self.out_features, self.in_features)
+
+
+class SpectralLinear(_NormedLinear):
+    r"""Spectral normalisation with the exact largest singular value.
+
+    ``W = V / ||V||_2`` (``torch.linalg.matrix_norm(ord=2)``, not a power
+    iteration, so the bound is exact): ``W^T W \preceq I``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        super().__init__(in_features, out_features, (out_features, in_features), dtype, device)
+
+    def _compute(self):
+        sigma = torch.linalg.matrix_norm(self.V, ord=2)
+        return self.V / sigma.clamp_min(torch.finfo(self.V.dtype).eps)
+
+
+class SLLBlock(CachedWeights):
+    r"""SDP-based Lipschitz residual layer (Araujo et al., ICLR 2023).
+
+    ``h(x) = x - 2 V^T T^{-1} sigma(V x + b)`` with ``T = diag(t)``,
+    ``t_i = sum_j |V V^T|_ij e^{q_j - q_i}``.  Gershgorin gives
+    ``T - V V^T \succeq 0``, which with the slope-[0, 1] quadratic constraint
+    (multiplier ``2 T^{-1}``) certifies ``||h||_Lip <= 1``.
+    """
+
+    def __init__(self, features: int, inner: int | None = None, activation=None,
+                 dtype=None, device=None) -> None:
+        super().__init__()
+        fk = {"dtype": dtype, "device": device}
+        inner = features if inner is None else inner
+        self.features, self.inner = features, inner
+        self.V = nn.Parameter(torch.empty(inner, features, **fk))
+        nn.init.xavier_normal_(self.V)
+        self.q = nn.Parameter(torch.zeros(inner, **fk))
+        self.bias = nn.Parameter(torch.empty(inner, **fk))
+        _init_bias(self.bias, features)
+        self.activation = make_activation(activation)
+
+    def _compute(self):
+        t = LF.sll_diag(self.V, self.q)
+        return self.V, t
+
+    def diag(self) -> torch.Tensor:
+        return self.computed()[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        V, t = self.computed()
+        return x - 2.0 * (self.activation(F.linear(x, V, self.bias)) / t) @ V
+
+    def lmi_min_eig(self) -> float:
+        """Smallest eigenvalue of ``T - V V^T`` relative to ``max t`` (``>= 0`` certified)."""
+        with torch.no_grad():
+            V = self.V.detach().double()
+            t = LF.sll_diag(V, self.q.detach().double())
+            M = torch.diag(t) - V @ V.T
+            return float(torch.linalg.eigvalsh(M).min() / t.max())
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, inner={self.inner}"
