@@ -41,3 +41,13 @@ def random_network(seed: int, max_hidden: int = 3, max_width: int = 8, activatio
     biases = [rng.normal(size=widths[k + 1]) for k in range(n_hidden + 1)]
     activation = str(rng.choice(list(activations)))
     return lipsdp.Network.from_weights(weights, biases, activation)
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Tiny LAPACK calls (Cholesky, solves) are far faster single-threaded, especially on a busy machine."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

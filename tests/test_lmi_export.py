@@ -16,13 +16,7 @@ LINEAR_BASELINES = ["aol", "cayley", "spectral"]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny LAPACK calls (Cholesky, solves) are far faster single-threaded, especially on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 def _trained(name, dims, gamma, steps=50, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)

@@ -15,13 +15,7 @@ GAMMAS = [0.1, 1.0, 10.0, 100.0]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny LAPACK calls (Cholesky, solves) are far faster single-threaded, especially on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 def _random_dims(seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)

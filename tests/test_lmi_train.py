@@ -11,12 +11,7 @@ import torch
 import lmi
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.mark.parametrize("name", lmi.DATASETS)
