@@ -6,6 +6,7 @@
 """
 
 from . import activations, errors
+from . import group_activations  # registers maxmin/groupsort/householder rules
 from .api import as_network, compare, estimate
 from .certify import Certificate, certify
 from .errors import LipSDPError
@@ -13,6 +14,8 @@ from .graph import SignalGraph, build_graph
 from .methods import LipschitzBound, methods, register_method
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 from .solvers import register_solver, solvers
+from . import linf, rr, wellposed  # ℓ∞ SDPs, the lipsdp-rr baseline, well-posedness of implicit layers
+from . import nn_convert  # torch converters of lipsdp.nn modules (torch imported lazily)
 
 __version__ = "0.1.0"
 

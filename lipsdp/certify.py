@@ -12,6 +12,11 @@ computed matrix and ``δ`` covers
   ``c ≥ γ_{n+1}/(1 − γ_{n+1}) · tr F̃`` proves ``F̃ ⪰ 0``), plus a slack for
   the underflow term.
 
+Both the matrix and the error bound are first scaled to unit diagonal
+(``D^{-1/2} F D^{-1/2}``, a congruence, so PSD-ness is unchanged): a deep net's
+LMI has entries of very different magnitudes, and a shift derived from the
+unscaled trace would swamp its small directions.
+
 If ``F(y)`` fails, ``ρ`` is raised (its coefficient is PSD in every block, so
 this only helps) by an exponential search and bisection.  If no ``ρ`` up to
 ``max_inflation`` works, the answer is refused with :class:`CertificationError`.
@@ -79,14 +84,34 @@ def is_certified_psd(f: np.ndarray, shift: float) -> bool:
         return False
 
 
+def is_provably_psd(f: np.ndarray, f_abs: np.ndarray, max_rank: int) -> bool:
+    """Prove ``F ⪰ 0`` for the exact matrix whose float64 assembly is ``f`` (see module docstring).
+
+    Rows and columns with a zero diagonal must vanish (then they are dropped);
+    the rest is scaled to unit diagonal before the shifted Cholesky test.
+    """
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(f_abs))):
+        return False
+    diag = np.diag(f).copy()
+    if np.any(diag < 0):
+        return False
+    zero = diag == 0
+    if np.any(zero):
+        if np.any(f_abs[zero] != 0):
+            return False
+        keep = ~zero
+        f, f_abs, diag = f[np.ix_(keep, keep)], f_abs[np.ix_(keep, keep)], diag[keep]
+        if diag.size == 0:
+            return True
+    inv = 1.0 / np.sqrt(diag)
+    f_scaled = f * inv[:, None] * inv[None, :]
+    # the scaling's own rounding (three operations per entry) is charged to the assembly error
+    abs_scaled = f_abs * inv[:, None] * inv[None, :] + 4 * UNIT_ROUNDOFF * np.abs(f_scaled)
+    return is_certified_psd(f_scaled, rounding_shift(f_scaled, abs_scaled, max_rank + 3))
+
+
 def _all_blocks_pass(sdp: SDP, y: np.ndarray) -> bool:
-    for block in sdp.blocks:
-        f = block.evaluate(y)
-        if not np.all(np.isfinite(f)):
-            return False
-        if not is_certified_psd(f, rounding_shift(f, block.evaluate_abs(y), block.max_rank())):
-            return False
-    return True
+    return all(is_provably_psd(b.evaluate(y), b.evaluate_abs(y), b.max_rank()) for b in sdp.blocks)
 
 
 def smallest_eigenvalue(sdp: SDP, y: np.ndarray) -> float:

@@ -218,6 +218,9 @@ def _graph_builder(granularity: str):
 
 
 def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None, **options):
+    from .wellposed import check_network_well_posed
+
+    check_network_well_posed(net)  # IllPosedError for an implicit layer without a well-posedness certificate
     if norm != 2:
         from .linf import lipsdp_linf
 

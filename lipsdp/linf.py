@@ -1,0 +1,221 @@
+"""ℓ∞ Lipschitz bounds per output row (MATH §6; GeoLIP, Wang et al. 2022; Pauli et al. 2024).
+
+For a scalar output ``cᵀy`` (``c`` a unit vector picking one output row, or
+``e_i − e_j`` for a row difference) we look for ρ with
+
+    |cᵀ(f(x) − f(x'))| ≤ ρ ‖x − x'‖∞.
+
+On the signal graph (``z = (Δx₀, Δφ₁, …)``, output ``Δy = C z``, QCs
+``[P_k z; E_k z]ᵀ Q_k [P_k z; E_k z] ≥ 0``) take an extra scalar ``t`` and
+require, with ``τ ≥ 0`` (one per input coordinate):
+
+    F = [[E₀ᵀ diag(τ) E₀ − Σ_k G_kᵀ Q_k(μ_k) G_k,   −Cᵀc],
+         [−cᵀC,                                    2ρ − 1ᵀτ]]  ⪰ 0.
+
+Proof: evaluate ``[z; t]ᵀ F [z; t] ≥ 0`` at the true increments with
+``t = r = ‖Δx₀‖∞``; every QC term is ≥ 0 and ``Σ τ_i (r² − Δx_{0,i}²) ≥ 0``, so
+``2 r cᵀΔy ≤ 2ρ r²``; the sign of ``c`` is immaterial (``z → −z``).  For a
+feed-forward chain with ``S = P = 0`` the Schur complement of the last
+activation block gives the ``[[T_{l−1}, W_lᵀc], [·, 2ρ − 1ᵀτ]] ⪰ 0`` of MATH §6;
+with no hidden layer the optimum is ``τ_i = |(Wᵀc)_i|`` and ``ρ = ‖Wᵀc‖₁``.
+
+The bound is linear in ρ (``bound = identity``) and ρ's coefficient ``2 e_t e_tᵀ``
+is PSD, so :func:`lipsdp.certify.certify` and every solver apply unchanged.
+
+The reported ℓ∞ → ℓ∞ bound of a vector output is the **maximum over the
+rows** (``‖Δy‖∞ = max_i |e_iᵀΔy|``); ``output_row=i`` bounds one row,
+``rows=(i, j)`` the difference of rows ``i`` and ``j`` (the margin of a
+classifier).  No SVD reduction is used (the input coordinates matter for ℓ∞);
+feed-forward chains are solved with per-layer normalised weights and the
+multipliers are mapped back exactly (see :func:`_normalised_multipliers`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .certify import certify
+from .errors import CertificationError, NotApplicableError, ShapeMismatchError
+from .graph import SignalGraph, build_graph
+from .network import Network
+from .sdp import SDP, LMIBlock, QuadTerm, selector
+
+#: relative margin of the re-solve used when a degenerate optimum cannot be certified
+MARGIN_RETRY = 1e-8
+
+
+def _identity_bound(rho: float) -> float:
+    return float(max(rho, 0.0))
+
+
+def linf_sdp(graph: SignalGraph, c: np.ndarray, granularity: str = "neuron") -> SDP:
+    """The ℓ∞ SDP of the module docstring for the output functional ``cᵀy``.
+
+    Variables: ``ρ`` (index 0), ``τ`` (``input_dim``, ≥ 0), then the QC
+    multipliers of each activation group (named ``tau``, ``qc1``, …).
+    """
+    c = np.asarray(c, float).reshape(-1)
+    if c.shape != (graph.output.shape[0],):
+        raise ShapeMismatchError(f"output functional has length {c.size}, the network has {graph.output.shape[0]} outputs")
+    d, n0 = graph.dim, graph.input_dim
+    dt = d + 1  # z and t
+    t_idx = d
+    rho_basis = sp.csc_matrix(([2.0], ([0], [0])), shape=(1, 1))
+    terms = [QuadTerm(selector(1, dt, t_idx), rho_basis, np.array([0]), +1.0)]
+    # τ: lift [E₀; e_t] ((n0+1) × dt); Q_i = e_i e_iᵀ − e_{n0} e_{n0}ᵀ
+    lift_tau = sp.vstack([selector(n0, dt, 0), selector(1, dt, t_idx)]).tocsr()
+    r = n0 + 1
+    idx = np.arange(n0)
+    rows = np.concatenate([idx + r * idx, np.full(n0, n0 + r * n0)])
+    cols = np.concatenate([idx, idx])
+    vals = np.concatenate([np.ones(n0), -np.ones(n0)])
+    tau_basis = sp.csc_matrix((vals, (rows, cols)), shape=(r * r, n0))
+    tau_vars = np.arange(1, 1 + n0)
+    terms.append(QuadTerm(lift_tau, tau_basis, tau_vars, +1.0))
+    groups = {"rho": slice(0, 1), "tau": slice(1, 1 + n0)}
+    nonneg = [True] + [True] * n0
+    var_layer = [0] + [0] * n0
+    n_vars = 1 + n0
+    for k, group in enumerate(graph.groups, start=1):
+        basis = group.activation.qc_basis(group.width, granularity)
+        lift = sp.hstack([sp.csr_matrix(group.lift(d)), sp.csr_matrix((2 * group.width, 1))]).tocsr()
+        v = np.arange(n_vars, n_vars + basis.size)
+        terms.append(QuadTerm(lift, basis.coefficients, v, -1.0))
+        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
+        nonneg.extend(basis.nonneg.tolist())
+        var_layer.extend([k] * basis.size)
+        n_vars += basis.size
+    constant = np.zeros((dt, dt))
+    col = -(graph.output.T @ c)
+    constant[:d, t_idx] = col
+    constant[t_idx, :d] = col
+    block = LMIBlock(dt, constant, tuple(terms), "lipsdp-linf")
+    objective = np.zeros(n_vars)
+    objective[0] = 1.0
+    return SDP(n_vars, objective, [block], np.array(nonneg), 0, _identity_bound, np.array(var_layer), groups,
+               {"formulation": f"lipsdp-{granularity}-linf", "norm": np.inf})
+
+
+def _normalised_multipliers(y_hat: np.ndarray, var_layer: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Multipliers of the normalised chain (``Ŵ_k = W_k / c_k``) → those of the original chain.
+
+    With ``s_k = Π_{j≤k} c_j`` and ``P = Π_j c_j``, the congruence ``z_k = s_k ẑ_k``
+    (``t`` unchanged) turns the original LMI into the normalised one with the
+    output scaled by ``P``; the LMI is jointly homogeneous in (multipliers,
+    output), hence ``ρ = P ρ̂``, ``τ = P τ̂`` and ``μ_k = P μ̂_k / s_k²``.
+    """
+    prod = float(np.prod(factors))
+    s = np.concatenate([[1.0], np.cumprod(factors)])  # s[k] for group k (s[0] for ρ, τ)
+    return y_hat * prod / s[var_layer] ** 2
+
+
+def _functionals(p: int, output_row, rows) -> list[tuple[str, np.ndarray]]:
+    if output_row is not None and rows is not None:
+        raise NotApplicableError("give either output_row=i or rows=(i, j), not both")
+    if rows is not None:
+        rows = tuple(int(r) for r in rows)
+        if len(rows) != 2 or rows[0] == rows[1]:
+            raise NotApplicableError(f"rows must be two different output indices, got {rows}")
+        for r in rows:
+            if not 0 <= r < p:
+                raise ShapeMismatchError(f"output row {r} out of range for {p} outputs")
+        c = np.zeros(p)
+        c[rows[0]], c[rows[1]] = 1.0, -1.0
+        return [(f"{rows[0]}-{rows[1]}", c)]
+    picks = range(p) if output_row is None else [int(output_row)]
+    out = []
+    for i in picks:
+        if not 0 <= i < p:
+            raise ShapeMismatchError(f"output row {i} out of range for {p} outputs")
+        out.append((str(i), np.eye(p)[i]))
+    return out
+
+
+def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp-neuron", *, solver=None,
+                reduce: bool = True, output_row: int | None = None, rows: Sequence[int] | None = None,
+                **options):
+    """Certified ℓ∞ bound(s) of ``net`` (see the module docstring).
+
+    Parameters
+    ----------
+    net
+        Any network (feed-forward, residual, implicit; any registered activations).
+    granularity
+        ``"neuron"`` or ``"layer"`` multipliers.
+    method
+        Name recorded in the result.
+    solver
+        Back end name or None (automatic).
+    reduce
+        Normalise the weights of a feed-forward chain before solving (exact).
+    output_row, rows
+        Bound one output row ``i``, or the difference of rows ``(i, j)``.
+        Default: every row, and the result is the maximum (the ℓ∞ → ℓ∞ bound).
+    **options
+        Passed to the solver.
+
+    Returns
+    -------
+    LipschitzBound
+        ``value`` = max over the requested functionals; ``details["per_row"]``
+        maps each functional (``"i"`` or ``"i-j"``) to its certified bound.
+    """
+    from .methods import LipschitzBound
+    from .solvers import solve
+    from .wellposed import check_network_well_posed
+
+    start = time.perf_counter()
+    check_network_well_posed(net)
+    functionals = _functionals(net.output_dim, output_row, rows)
+    graph = build_graph(net)
+    normalise = reduce and net.is_feedforward
+    if normalise:
+        factors = np.array([np.linalg.norm(w, 2) for w in net.weights])
+        if np.any(factors == 0):
+            return LipschitzBound(0.0, 0.0, method, "none", "closed-form", time.perf_counter() - start, 0.0, np.inf,
+                                  {"per_row": {name: 0.0 for name, _ in functionals}})
+        work_graph = build_graph(net.scaled(1.0 / factors))
+    else:
+        factors, work_graph = None, graph
+    per_row, raw_row = {}, {}
+    margins, solver_names, solve_time, retries = [], set(), 0.0, 0
+    for name, c in functionals:
+        if not np.any(graph.output.T @ c):
+            per_row[name] = raw_row[name] = 0.0
+            continue
+        sdp_orig = linf_sdp(graph, c, granularity)
+        sdp_work = linf_sdp(work_graph, c, granularity) if normalise else sdp_orig
+
+        def attempt(program):
+            result = solve(program, solver, **options)
+            y = result.y
+            raw = float(y[program.rho])
+            if normalise:
+                y = _normalised_multipliers(y, program.var_layer, factors)
+                raw *= float(np.prod(factors))
+            return y, raw, result
+
+        y, raw, result = attempt(sdp_work)
+        solve_time += result.solve_time
+        try:
+            cert = certify(sdp_orig, y)
+        except CertificationError:
+            eps = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_work.blocks[0].constant))))
+            y, raw, result = attempt(sdp_work.with_margin(eps))
+            solve_time += result.solve_time
+            retries += 1
+            cert = certify(sdp_orig, y)
+        per_row[name], raw_row[name] = cert.value, raw
+        margins.append(cert.margin)
+        solver_names.add(result.solver)
+    best = max(per_row, key=per_row.get)
+    return LipschitzBound(
+        per_row[best], raw_row[best], method, "+".join(sorted(solver_names)) or "none",
+        "optimal" if solver_names else "closed-form", time.perf_counter() - start,
+        min(margins) if margins else float("nan"), np.inf,
+        {"per_row": per_row, "argmax_row": best, "solver_time": solve_time, "margin_retries": retries},
+    )
