@@ -41,8 +41,12 @@ def to_plain(model, dtype=None) -> nn.Sequential:
     Returns
     -------
     nn.Sequential
-        ``Linear, act, Linear, act, ..., Linear`` in eval mode, on the model's device.
+        ``Linear, act, Linear, act, ..., Linear`` in eval mode, on the model's device;
+        for SLL ``Linear, Residual(Linear, act, Linear), Linear, …`` with
+        :class:`lipsdp.nn.Residual` blocks, which ``lipsdp`` certifies as residual layers.
     """
+    if hasattr(model, "plain_modules"):  # residual models (SLL) export their blocks as lipsdp.nn.Residual
+        return nn.Sequential(*model.plain_modules()).to(dtype=dtype).eval()
     layers = plain_weights(model)
     act = getattr(model, "activation", None)
     if act is None and len(layers) > 1:

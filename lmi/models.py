@@ -393,6 +393,31 @@ class SLLNet(LipschitzMLP):
             x = x - 2.0 * (blk.activation(F.linear(x, V, blk.bias)) / t) @ V
         return F.linear(x, self.gamma * c["P"][-1], self.projections[-1].bias)
 
+    def plain_modules(self) -> list[nn.Module]:
+        """Projections and residual blocks ``x + (−2Vᵀ T⁻¹) σ(V x + b)`` as torch modules.
+
+        The blocks are :class:`lipsdp.nn.Residual` modules, which ``lipsdp`` reads as
+        residual layers: LipSDP then certifies the residual structure (≤ γ), which the
+        ReLU-split chain of :meth:`plain_layers` hides.
+        """
+        import copy
+
+        from lipsdp.nn import Residual
+
+        c = self.computed()
+        Ps = c["P"]
+        mods: list[nn.Module] = []
+        with torch.no_grad():
+            for k, (P, proj) in enumerate(zip(Ps, self.projections)):
+                scale = self.gamma if k == len(Ps) - 1 else 1.0
+                mods.append(_linear(P * scale, proj.bias))
+                if k < len(c["blocks"]):
+                    (V, t), blk = c["blocks"][k], self.blocks[k]
+                    branch = nn.Sequential(_linear(V, blk.bias), copy.deepcopy(blk.activation),
+                                           _linear(-2.0 * V.transpose(0, 1) / t.unsqueeze(0), None))
+                    mods.append(Residual(branch))
+        return mods
+
     def plain_layers(self):
         if not isinstance(self.activation, nn.ReLU):
             from .errors import ExportError
@@ -425,3 +450,13 @@ class SLLNet(LipschitzMLP):
 
     def layer_bounds(self) -> list[float]:
         return [1.0] * (len(self.projections) + len(self.blocks))
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding detached copies of ``weight`` and ``bias`` (None: no bias)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
