@@ -206,6 +206,12 @@ for _name, _prio, _max in (("MOSEK", 100, None), ("SCS", 20, None), ("CLARABEL",
         register_solver(SolverSpec(_name.lower(), _solve, _avail, priority=_prio, max_size=_max))
 
 
+# --------------------------------------------------------------------------- structured interior point
+from .ipm import register as _register_ipm  # noqa: E402  (lipsdp/ipm.py: the default where it applies)
+
+_register_ipm()
+
+
 # --------------------------------------------------------------------------- choice
 def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
     """The back end for ``name`` (None/"auto": the best usable one for ``sdp``).

@@ -366,10 +366,11 @@ class SLLNet(LipschitzMLP):
     projection ``h_1 -> h_2``, a block, ..., and a final AOL projection
     ``h_{l-1} -> n_l`` scaled by gamma.  Each piece is 1-Lipschitz (per-block
     LMI ``T - V V^T >= 0``; ``P^T P <= I`` for projections), so the bound is
-    gamma = product of the layer bounds.  The plain export writes each block
-    with ``x = relu(x) - relu(-x)`` (ReLU only); it is exact as a function, but
-    LipSDP on that export cannot see the residual structure and may exceed
-    gamma.
+    gamma = product of the layer bounds.  ``to_plain`` exports each block as a
+    :class:`lipsdp.nn.Residual` (see :meth:`plain_modules`), on which LipSDP
+    certifies gamma; :meth:`plain_layers` gives the pure Linear/ReLU chain
+    (``x = relu(x) − relu(−x)``), exact as a function but hiding the residual
+    structure, so LipSDP on it can exceed gamma.
     """
 
     network_level = False
