@@ -1,0 +1,154 @@
+"""Structured interior-point solver (``ipm``) against the cvxpy reference paths.
+
+Rows: network, LMI size, method, solver, certified bound, seconds (the whole
+certified estimate, ``LipschitzBound.solve_time``: reductions + SDP build +
+solve + float64 certification; imports excluded), solver seconds, peak
+resident memory of the case's fresh process (MiB), status.
+
+    python bench/bench_solver.py            # cvxpy baselines predicted > --cap s are skipped
+    python bench/bench_solver.py --full     # run every baseline (hours)
+    python bench/bench_solver.py --only 264,544 --cap 120
+
+Writes results/bench_solver.csv (atomically) and results/bench_solver.png
+(log-log seconds vs LMI size, matplotlib Agg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import anchor_weights, random_weights, run_isolated, save_figure, write_table  # noqa: E402
+
+# measured on this machine (2 cores), LipSDP-Neuron through cvxpy: (LMI size, seconds)
+_MEASURED = {
+    "cvxpy:CVXOPT": [(110, 1.2), (264, 25.0), (544, 477.0)],
+    "cvxpy:SCS": [(110, 6.3), (264, 34.0), (544, 286.0)],
+}
+
+
+def predicted_seconds(solver: str, size: int) -> float:
+    """Power-law extrapolation through the two largest measurements."""
+    pts = _MEASURED.get(solver)
+    if not pts:
+        return 0.0
+    (s1, t1), (s2, t2) = pts[-2], pts[-1]
+    expo = math.log(t2 / t1) / math.log(s2 / s1)
+    return t2 * (size / s2) ** expo
+
+
+def networks(include_big: bool = True):
+    """(name, weights, activation name) of every benchmark network."""
+    nets = [
+        ("10-50-50-10", random_weights([10, 50, 50, 10], seed=1), "relu"),
+        ("64-100-100-10", random_weights([64, 100, 100, 10], seed=2), "relu"),
+        ("32-64x8-10", random_weights([32] + [64] * 8 + [10], seed=3), "relu"),
+        ("64-500-500-10", random_weights([64, 500, 500, 10], seed=4), "relu"),
+    ]
+    w = anchor_weights("maxmin", "weights_l2_18fc_128.mat", key="W")
+    if w is not None:
+        nets.append(("maxmin-18x128 (anchor)", w, "maxmin_chain"))
+    if include_big:
+        nets.append(("784-1024x3-10", random_weights([784, 1024, 1024, 1024, 10], seed=5), "relu"))
+    return nets
+
+
+def _case(weights, activation: str, solver: str):
+    import lipsdp
+    import lipsdp.ipm  # noqa: F401
+    from lipsdp.solvers import resolve_solver
+
+    resolve_solver(solver).available()  # imports cvxpy etc. before the clock of the estimate starts
+
+    if activation == "maxmin_chain":
+        from lipsdp.group_activations import maxmin
+
+        act = maxmin(cross_terms="none")
+    else:
+        act = activation
+    net = lipsdp.Network.from_weights(weights, None, act)
+    bound = lipsdp.estimate(net, method="lipsdp-neuron", solver=solver)
+    return {
+        "bound": float(bound), "raw": float(bound.raw_value), "lmi_size": int(bound.details.get("lmi_size", 0)),
+        "solver_seconds": float(bound.details.get("solver_time", float("nan"))), "solver": bound.solver,
+        "seconds": float(bound.solve_time),
+    }
+
+
+def _lmi_size(weights) -> int:
+    """Size of the reduced LipSDP-Neuron LMI: rank of W₁ plus the hidden neurons."""
+    import numpy as np
+
+    return int(np.linalg.matrix_rank(weights[0]) + sum(w.shape[0] for w in weights[:-1]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="run every cvxpy baseline regardless of predicted time")
+    parser.add_argument("--cap", type=float, default=600.0, help="skip/stop a cvxpy baseline beyond this many seconds")
+    parser.add_argument("--ours-cap", type=float, default=1800.0, help="time limit of one ipm case")
+    parser.add_argument("--only", default="", help="comma-separated LMI sizes or names to run")
+    parser.add_argument("--no-big", action="store_true", help="leave out the 784-1024x3-10 net")
+    args = parser.parse_args(argv)
+
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    rows = []
+    for name, weights, act in networks(include_big=not args.no_big):
+        size = _lmi_size(weights)
+        if only and name not in only and str(size) not in only:
+            continue
+        for solver in ("ipm", "cvxpy:CVXOPT", "cvxpy:SCS"):
+            if act != "relu" and solver != "ipm":
+                pred = 659.0 if solver == "cvxpy:SCS" else predicted_seconds(solver, size)  # SCS: measured
+            else:
+                pred = predicted_seconds(solver, size)
+            row = {"network": name, "lmi_size": size, "method": "lipsdp-neuron", "solver": solver,
+                   "certified_bound": float("nan"), "seconds": float("nan"), "solver_seconds": float("nan"),
+                   "peak_mb": float("nan"), "status": ""}
+            if solver != "ipm" and not args.full and pred > args.cap:
+                row["status"] = f"skipped (predicted {pred:.0f} s > cap {args.cap:.0f} s; --full runs it)"
+                rows.append(row)
+                print(row, flush=True)
+                continue
+            cap = args.ours_cap if solver == "ipm" else (None if args.full else args.cap)
+            out = run_isolated(_case, weights, act, solver, timeout=cap)
+            if out["status"] == "ok":
+                res = out["result"]
+                row.update(certified_bound=res["bound"], seconds=res["seconds"], solver_seconds=res["solver_seconds"],
+                           peak_mb=out["peak_mb"], status="ok", lmi_size=res["lmi_size"] or size)
+            else:
+                row["status"] = out["status"][:160]
+            rows.append(row)
+            print(row, flush=True)
+    write_table(rows, "bench_solver.csv")
+    _plot(rows)
+    return 0
+
+
+def _plot(rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for solver, marker in (("ipm", "o"), ("cvxpy:CVXOPT", "s"), ("cvxpy:SCS", "^")):
+        pts = sorted((r["lmi_size"], r["seconds"]) for r in rows if r["solver"] == solver and r["status"] == "ok")
+        if pts:
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=solver)
+    ax.set_xlabel("LMI size (reduced LipSDP-Neuron)")
+    ax.set_ylabel("seconds (certified estimate)")
+    ax.set_title("LipSDP-Neuron: structured IPM vs cvxpy (2 cores)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save_figure(fig, "bench_solver.png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

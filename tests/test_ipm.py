@@ -1,0 +1,182 @@
+"""The structured interior-point solver (lipsdp/ipm.py) against the reference SDP solver (CVXOPT).
+
+Both certified values are sound upper bounds of the same SDP optimum, so the
+structured one must (i) match CVXOPT's within a relative 1e-6 and (ii) never
+lie below it by more than the certification slack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import lipsdp
+from lipsdp import formulations as fm
+from lipsdp.errors import SolverFailedError
+from lipsdp.graph import build_graph
+from lipsdp.ipm import ipm_solve, solve_with_ipm
+from lipsdp.sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector
+from lipsdp.solvers import resolve_solver
+
+from conftest import load_anchor_weights, random_network
+
+REL_TOL = 1e-6  # certified values: structured vs reference
+BELOW_TOL = 1e-6  # both values are certified upper bounds; the reference may itself sit ~1e-7 above the optimum
+
+
+def _check_pair(ours: float, ref: float) -> None:
+    assert ours >= ref * (1 - BELOW_TOL) - 1e-12, (ours, ref)
+    assert abs(ours - ref) <= REL_TOL * max(abs(ref), 1e-12) + 1e-12, (ours, ref)
+
+
+def _both(net, method="lipsdp-neuron"):
+    ours = lipsdp.estimate(net, method=method, solver="ipm")
+    try:  # the reference with an absolute gap tolerance that also suits tiny optima
+        ref = lipsdp.estimate(net, method=method, solver="cvxopt", abstol=1e-14, reltol=1e-10, feastol=1e-10)
+    except SolverFailedError:
+        ref = lipsdp.estimate(net, method=method, solver="cvxopt")
+    assert ours.solver == "ipm" and ref.solver == "cvxopt"
+    return float(ours), float(ref)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_nets_match_cvxopt(seed):
+    net = random_network(1000 + seed, max_hidden=3, max_width=8)
+    ours, ref = _both(net)
+    _check_pair(ours, ref)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_layer_granularity_matches(seed):
+    net = random_network(2000 + seed, max_hidden=2, max_width=6)
+    _check_pair(*_both(net, "lipsdp-layer"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_layerwise_multiblock_with_free_variables(seed):
+    """Several blocks and free symmetric multipliers (the chordal form of MATH §2)."""
+    net = random_network(3000 + seed, max_hidden=2, max_width=5, activations=("relu", "tanh"))
+    _check_pair(*_both(net, "lipsdp-neuron-layerwise"))
+
+
+def test_wider_random_net_raw_objective():
+    """On a mid-size net the raw optimum itself agrees with CVXOPT to ~1e-8."""
+    rng = np.random.default_rng(7)
+    widths = [12, 40, 40, 30, 5]
+    ws = [rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k]) for k in range(len(widths) - 1)]
+    work, _ = fm.normalise_chain(lipsdp.Network.from_weights(ws))
+    sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
+    from lipsdp.solvers import solve_with_cvxopt
+
+    a = solve_with_ipm(sdp)
+    b = solve_with_cvxopt(sdp)
+    assert abs(a.objective - b.objective) <= 1e-7 * abs(b.objective)
+    assert a.info["iterations"] < 40
+
+
+@pytest.mark.parametrize("name", ["random_weights.mat", "mnist_weights.mat"])
+def test_anchor_nets(name):
+    weights = load_anchor_weights("lipsdp", name)
+    net = lipsdp.Network.from_weights(weights)
+    _check_pair(*_both(net))
+
+
+def test_is_the_default_where_it_applies_and_reference_names_stay():
+    net = random_network(5, max_hidden=2, max_width=6)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    assert resolve_solver(None, sdp).name == "ipm"
+    assert resolve_solver("cvxpy:SCS", sdp).name == "cvxpy:SCS"
+    assert resolve_solver("cvxopt", sdp).name == "cvxopt"
+    assert lipsdp.estimate(net).solver == "ipm"
+
+
+# ----------------------------------------------------------------------------- failure modes
+def _one_block(constant, terms, n_vars, nonneg, objective):
+    block = LMIBlock(constant.shape[0], constant, tuple(terms), "test")
+    return SDP(n_vars, np.asarray(objective, float), [block], np.asarray(nonneg, bool), 0, np.sqrt)
+
+
+def test_infeasible_sdp_raises_typed_error():
+    """F(y) = diag(y, −1) ⪰ 0 has no solution."""
+    const = np.diag([0.0, -1.0])
+    term = QuadTerm(selector(1, 2, 0), identity_basis(1), np.array([0]), +1.0)
+    sdp = _one_block(const, [term], 1, [True], [1.0])
+    with pytest.raises(SolverFailedError) as info:
+        ipm_solve(sdp, max_iters=60)
+    assert info.value.status in {"infeasible", "stalled", "max-iterations", "numerical", "ill-conditioned"}
+
+
+def test_unbounded_sdp_raises_typed_error():
+    """min −y s.t. diag(y, 1) + y·0 ⪰ 0 with y free upward: unbounded below? (min −y, y ≥ 0 only)."""
+    const = np.diag([1.0, 1.0])
+    term = QuadTerm(selector(1, 2, 0), identity_basis(1), np.array([0]), +1.0)
+    sdp = _one_block(const, [term], 1, [True], [-1.0])
+    with pytest.raises(SolverFailedError) as info:
+        ipm_solve(sdp, max_iters=60)
+    assert info.value.status in {"infeasible", "stalled", "max-iterations", "numerical", "ill-conditioned"}
+
+
+def test_iteration_limit_raises_typed_error():
+    net = random_network(11, max_hidden=3, max_width=8)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    with pytest.raises(SolverFailedError) as info:
+        ipm_solve(sdp, max_iters=2)
+    assert info.value.status == "max-iterations"
+
+
+def test_costed_variable_in_no_constraint_is_reported():
+    const = np.eye(2)
+    term = QuadTerm(selector(1, 2, 0), identity_basis(1), np.array([0]), +1.0)
+    sdp = _one_block(const, [term], 2, [True, False], [1.0, 1.0])
+    with pytest.raises(SolverFailedError) as info:
+        ipm_solve(sdp)
+    assert info.value.status == "infeasible"
+
+
+def test_lifted_operators_match_dense_coefficients():
+    """Σ y_i A_i from the lifted form equals the generic sparse coefficients."""
+    from lipsdp.ipm import _Block
+
+    net = random_network(21, max_hidden=3, max_width=7)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    blk = sdp.blocks[0]
+    lifted = _Block(blk, sdp.n_vars)
+    y = np.random.default_rng(0).normal(size=sdp.n_vars)
+    dense = (blk.coefficients(sdp.n_vars) @ y).reshape(blk.dim, blk.dim, order="F")
+    assert np.allclose(lifted.op(y), 0.5 * (dense + dense.T), atol=1e-12)
+    # 𝒜(K) = Kᵀ vec(K) for a random (non-symmetric) K
+    k = np.random.default_rng(1).normal(size=(blk.dim, blk.dim))
+    ref = np.asarray(blk.coefficients(sdp.n_vars).T @ k.ravel(order="F")).ravel()
+    assert np.allclose(lifted.adj_from_gk(lifted.apply(k)), ref, atol=1e-10)
+    assert sp.issparse(lifted.P)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "maxmin", "maxmin_chain"])
+@pytest.mark.parametrize("granularity", ["neuron", "layer"])
+def test_factored_schur_complement_is_exact(activation, granularity):
+    """M_ij = tr(A_i X A_j Z⁻¹) from the factored lifted form equals the brute-force trace."""
+    from lipsdp.ipm import _Block
+
+    if activation.startswith("maxmin"):
+        from lipsdp.group_activations import maxmin
+
+        activation = maxmin(cross_terms="none" if activation == "maxmin_chain" else "s")
+    rng = np.random.default_rng(3)
+    ws = [rng.normal(size=(4, 3)), rng.normal(size=(6, 4)), rng.normal(size=(2, 6))]
+    net = lipsdp.Network.from_weights(ws, None, activation)
+    sdp = fm.lipsdp_l2(build_graph(net), granularity)
+    blk, n = sdp.blocks[0], sdp.n_vars
+    d = blk.dim
+    lifted = _Block(blk, n)
+    k = blk.coefficients(n).toarray()
+    mats = [k[:, i].reshape(d, d, order="F") for i in range(n)]
+    x = rng.normal(size=(d, d))
+    x = x @ x.T + np.eye(d)
+    zi = rng.normal(size=(d, d))
+    zi = zi @ zi.T + np.eye(d)
+    brute = np.array([[np.trace(mats[i] @ x @ mats[j] @ zi) for j in range(n)] for i in range(n)])
+    ours = lifted.schur_factored(lifted.lifted(x), lifted.lifted(zi))
+    assert np.allclose(ours, brute, rtol=1e-10, atol=1e-10 * np.abs(brute).max())
+    assert np.allclose(lifted.schur(lifted.lifted(x), lifted.lifted(zi)), brute, rtol=1e-10,
+                       atol=1e-10 * np.abs(brute).max())
