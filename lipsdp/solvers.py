@@ -79,30 +79,29 @@ def _installed_cvxpy_solvers() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def mosek_problem() -> str | None:
-    """None if MOSEK can solve a tiny SDP here, else the reason it cannot."""
+    """None if MOSEK has a working licence here, else the reason it cannot be used.
+
+    Checks the licence with MOSEK's own API (no cvxpy import, a few milliseconds);
+    a missing licence is ``mosek.Error`` with rescode 1008.
+    """
     try:
-        import mosek  # noqa: F401
+        import mosek
     except ImportError:
         return "the mosek package is not installed (pip install 'lipsdp[mosek]')"
     try:
-        import cvxpy as cp
-
-        x = cp.Variable((2, 2), symmetric=True)
-        cp.Problem(cp.Minimize(cp.trace(x)), [x >> np.eye(2)]).solve(solver="MOSEK")
-    except Exception as exc:  # mosek.Error (rescode 1008) or cvxpy's wrapper of it
-        text = str(exc)
-        if "1008" in text or "licen" in text.lower() or type(exc).__name__ == "Error":
-            return f"MOSEK is installed but has no working licence ({text.strip()[:160]})"
-        return f"MOSEK failed on a test problem: {text.strip()[:160]}"
+        with mosek.Env() as env:
+            env.checkoutlicense(mosek.feature.pts)
+    except mosek.Error as exc:
+        return f"MOSEK is installed but has no working licence ({str(exc).strip()[:160]})"
     return None
 
 
 def _cvxpy_available(name: str) -> Callable[[], str | None]:
     def check() -> str | None:
+        if name == "MOSEK" and mosek_problem():  # checked first: cheap, and spares the cvxpy import
+            return mosek_problem()
         if name not in _installed_cvxpy_solvers():
             return f"cvxpy does not have the solver {name} installed"
-        if name == "MOSEK":
-            return mosek_problem()
         return None
 
     return check
@@ -213,6 +212,20 @@ _register_ipm()
 
 
 # --------------------------------------------------------------------------- choice
+def _automatic_candidates(sdp: SDP | None) -> list[SolverSpec]:
+    """Usable back ends for ``sdp``, best first (the automatic choice's order)."""
+    out = []
+    for spec in sorted(_SOLVERS.values(), key=lambda s: -s.priority):
+        if spec.priority < 0 or spec.available() is not None:
+            continue
+        if sdp is not None and spec.max_size is not None and sdp.size > spec.max_size:
+            continue
+        if sdp is not None and spec.applies is not None and not spec.applies(sdp):
+            continue
+        out.append(spec)
+    return out
+
+
 def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
     """The back end for ``name`` (None/"auto": the best usable one for ``sdp``).
 
@@ -224,16 +237,10 @@ def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
         For a known back end that cannot run here; the message names the usable ones.
     """
     if name is None or name == "auto":
-        candidates = sorted(_SOLVERS.values(), key=lambda s: -s.priority)
-        for spec in candidates:
-            if spec.priority < 0 or spec.available() is not None:
-                continue
-            if sdp is not None and spec.max_size is not None and sdp.size > spec.max_size:
-                continue
-            if sdp is not None and spec.applies is not None and not spec.applies(sdp):
-                continue
-            return spec
-        raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
+        candidates = _automatic_candidates(sdp)
+        if not candidates:
+            raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
+        return candidates[0]
     key = name if name.startswith("cvxpy:") else name.lower()
     if key.startswith("cvxpy:"):
         key = "cvxpy:" + key.split(":", 1)[1].upper()
@@ -253,6 +260,27 @@ def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
 
 
 def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
-    """Solve ``sdp`` with the named (or automatically chosen) back end."""
-    spec = resolve_solver(solver, sdp)
-    return spec.solve(sdp, **options)
+    """Solve ``sdp`` with the named back end, or with the automatic choice.
+
+    In automatic mode a back end that fails (typed :class:`SolverFailedError`)
+    hands over to the next usable one (e.g. the structured solver to CVXOPT);
+    the error of the last one is raised if all fail.
+    """
+    if solver is not None and solver != "auto":
+        return resolve_solver(solver, sdp).solve(sdp, **options)
+    candidates = _automatic_candidates(sdp)
+    if not candidates:
+        raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
+    failures = []
+    # solver-specific options belong to the first choice only: no hand-over when options are given
+    for spec in candidates[: 1 if options else 2]:
+        try:
+            result = spec.solve(sdp, **options)
+        except SolverFailedError as exc:
+            failures.append(f"{spec.name}: {exc}")
+            last = exc
+            continue
+        if failures:
+            result.info["fallback_from"] = failures
+        return result
+    raise SolverFailedError("; ".join(failures), getattr(last, "status", None)) from last
