@@ -15,9 +15,7 @@ Writes ``results/bench_lmi.csv`` atomically and prints the tables.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,21 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lmi  # noqa: E402
+from lipsdp.io import atomic_path  # noqa: E402
 
 PAPER_SANDWICH = {1.0: 0.999, 5.0: 0.993, 10.0: 0.940}
 
 
 def atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".csv")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def max_slope(model, lo=-2.0, hi=2.0, n=20001) -> float:

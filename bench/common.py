@@ -8,16 +8,16 @@ own, and so that a time cap can stop it.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import resource
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from lipsdp.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -47,7 +47,6 @@ def plain_cvxpy_lipsdp(weights: list[np.ndarray], solver: str = "SCS", **options
     Returns ``(√ρ, status)``: *uncertified*, this is the baseline being compared against.
     """
     import cvxpy as cp
-    import scipy.linalg as sla
     import scipy.sparse as sp
 
     n0 = weights[0].shape[1]
@@ -117,30 +116,16 @@ def write_table(rows: list[dict], name: str) -> Path:
     table = pd.DataFrame(rows)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / name
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         table.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"wrote {target}", file=sys.stderr)
     return target
 
 
 def save_figure(fig, name: str) -> Path:
     """Save a matplotlib figure under results/ atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / name
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=Path(name).suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix.lstrip(".") or "png")
     return target

@@ -8,7 +8,6 @@ Registered with :func:`lipsdp.torch_io.register_torch_converter` on ``import lip
 
 from __future__ import annotations
 
-import numpy as np
 
 from .group_activations import GroupSort as GroupSortRule
 from .group_activations import Householder as HouseholderRule

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from lipsdp.io import atomic_path
 import torch.nn.functional as F
 
 __all__ = [
@@ -161,17 +160,8 @@ def evaluate(model, X, y, task: str = "classification") -> float:
 
 
 def _atomic_torch_save(obj, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, history: TrainHistory | None = None,
