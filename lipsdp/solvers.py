@@ -210,6 +210,10 @@ from .ipm import register as _register_ipm  # noqa: E402  (lipsdp/ipm.py: the de
 
 _register_ipm()
 
+from .firstorder import register as _register_firstorder  # noqa: E402  (experimental, explicit use only)
+
+_register_firstorder()
+
 
 # --------------------------------------------------------------------------- choice
 def _automatic_candidates(sdp: SDP | None) -> list[SolverSpec]:
