@@ -98,6 +98,17 @@ class Activation:
         """Per-neuron slope bounds ``(α, β)`` if the rule is slope-restricted, else None."""
         return None
 
+    #: True when the SDP should be posed on the subspace of :meth:`invariant_directions`
+    restrict_to_invariants: ClassVar[bool] = False
+
+    def linear_invariants(self, m: int):
+        """``A`` (k × 2m) with ``A [Δv; Δφ] = 0`` for every pair of inputs, or None (no invariant)."""
+        return None
+
+    def invariant_directions(self, m: int):
+        """``K`` (m × q) with ``{Δφ − Δv} = range(K)`` exactly, or None (see group_activations)."""
+        return None
+
     def lipschitz_constant(self, norm=2) -> float:
         """Lipschitz constant of ``φ`` in the given norm (used by the naive bound)."""
         raise NotImplementedError(f"{self.kind} does not state its Lipschitz constant")  # pragma: no cover

@@ -72,15 +72,16 @@ def compare(model: Any, methods: Sequence[str] | None = None, norm=2, solver: st
             progress: bool = False, lower_options: dict | None = None):
     """Run several methods on one model and tabulate them.
 
-    ``"lower"`` (gradient-ascent lower bound) and ``"exact"`` (the exact constant
-    of small piecewise-linear nets by activation-pattern enumeration) may be
-    listed among the methods.  A method that fails is kept as a row whose
+    ``"lower"`` (gradient-ascent lower bound; for ``norm="inf"`` the ℓ∞
+    finite-difference bound :func:`lipsdp.linf.linf_lower_bound`) and ``"exact"``
+    (the exact ℓ2 constant of small piecewise-linear nets by activation-pattern
+    enumeration; skipped for ``norm="inf"``) may be listed among the methods.  A method that fails is kept as a row whose
     ``status`` holds the error message and whose value is NaN.
 
     Returns
     -------
     pandas.DataFrame
-        One row per method: ``method, value, raw_value, solver, status,
+        One row per method: ``method, norm, value, raw_value, solver, status,
         solve_time, certificate_margin, gap`` where ``gap`` is value / the best
         lower bound in the table.
     """
@@ -90,12 +91,21 @@ def compare(model: Any, methods: Sequence[str] | None = None, norm=2, solver: st
     from tqdm.auto import tqdm
 
     net = as_network(model)
+    norm = _parse_norm(norm)
     names = list(methods) if methods is not None else list(DEFAULT_COMPARE)
+    if norm != 2:
+        names = [n for n in names if n != "exact"]
     rows = []
     for name in tqdm(names, desc="methods", disable=not progress, leave=False):
         start = time.perf_counter()
         try:
-            if name == "lower":
+            if name == "lower" and norm != 2:
+                from .linf import linf_lower_bound
+
+                value = linf_lower_bound(net)
+                rows.append(dict(method="lower", value=value, raw_value=value, solver="none",
+                                 status="lower-bound", solve_time=time.perf_counter() - start))
+            elif name == "lower":
                 from .lower import gradient_lower_bound
 
                 lb = gradient_lower_bound(net, **(lower_options or {}))
@@ -114,7 +124,9 @@ def compare(model: Any, methods: Sequence[str] | None = None, norm=2, solver: st
         except LipSDPError as exc:
             rows.append(dict(method=name, value=float("nan"), raw_value=float("nan"), solver=str(solver),
                              status=f"error: {type(exc).__name__}: {exc}", solve_time=time.perf_counter() - start))
-    table = pd.DataFrame(rows, columns=["method", "value", "raw_value", "solver", "status", "solve_time",
+    for row in rows:
+        row["norm"] = "inf" if norm != 2 else "2"
+    table = pd.DataFrame(rows, columns=["method", "norm", "value", "raw_value", "solver", "status", "solve_time",
                                         "certificate_margin"])
     lower_rows = table[table["status"].isin(["lower-bound", "exact"])]
     best_lower = lower_rows["value"].max() if len(lower_rows) else float("nan")

@@ -25,6 +25,10 @@ from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_ba
 def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
     """LipSDP (ℓ2) on any signal graph: ``min ρ`` s.t. the one-block LMI above.
 
+    Groups whose rule asks for it (``cross_terms="exact"``) are first restricted
+    to their invariant subspace (:func:`restrict_to_invariants`): the LMI is then
+    ``Nᵀ F(ρ, μ) N ⪰ 0`` with every increment written as ``z = N ζ``.
+
     Parameters
     ----------
     graph
@@ -33,6 +37,7 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         ``"neuron"`` (LipSDP-Neuron: one multiplier per neuron or group) or
         ``"layer"`` (LipSDP-Layer: one per activation layer).
     """
+    graph = restrict_to_invariants(graph)
     d, n0 = graph.dim, graph.input_dim
     terms = [QuadTerm(selector(n0, d, 0), identity_basis(n0), np.array([0]), +1.0)]
     var_layer = [0]
@@ -172,7 +177,9 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
         return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
 
     groups = tuple(
-        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name) for g in graph.groups
+        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
+                        None if g.post is None else map_cols(g.post))
+        for g in graph.groups
     )
     out = map_cols(graph.output)
     _, so, vot = np.linalg.svd(out, full_matrices=False)
@@ -180,4 +187,67 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     out_red = (so[keep, None] * vot[keep]) if np.any(keep) else np.zeros((1, out.shape[1]))
     if out_red.shape[0] >= out.shape[0]:
         out_red = out
-    return SignalGraph(rank, graph.dim - shift, groups, out_red, np.zeros(out_red.shape[0]), graph.implicit)
+    return SignalGraph(rank, graph.dim - shift, groups, out_red, np.zeros(out_red.shape[0]), graph.implicit,
+                       graph.basis)
+
+
+def restrict_to_invariants(graph: SignalGraph) -> SignalGraph:
+    """Pose the graph on the subspace of increments that respect the activations' linear invariants.
+
+    A rule with ``restrict_to_invariants`` (GroupSort/MaxMin/Householder with
+    ``cross_terms="exact"``) guarantees ``Δφ_k = Δv_k + K_k w_k`` for some
+    ``w_k`` (``K_k = invariant_directions``, exact entries).  Replacing the
+    group's outputs by the new coordinates ``w_k`` gives ``z = N ζ`` with
+    ``ζ = (Δx₀, …, w_k, …)``, built by forward substitution in group order:
+    the outputs of group ``k`` are ``P_k N + K_k S_k`` (``S_k`` selects ``w_k``).
+    Every real increment is ``N ζ`` for some ``ζ``, so ``Nᵀ F N ⪰ 0`` proves
+    the same bound as ``F ⪰ 0`` would, while the S/P/γ terms of MATH §5 vanish
+    identically on ``range(N)`` (they are what the restriction replaces).
+    Implicit groups (self-coupled outputs) and rules without the flag keep
+    their coordinates.  The input stays the first ``n₀`` coordinates, so
+    ``E₀ N = E₀`` and the ρ/τ terms are unchanged.
+
+    Certification: :func:`lipsdp_l2` and :func:`lipsdp.linf.linf_sdp` apply this
+    restriction themselves, so :func:`lipsdp.certify.certify` checks the
+    subspace LMI built from the original (unreduced, unnormalised) network.
+    That is a complete proof: it shows ``(Nζ)ᵀ F (Nζ) ≥ 0`` for every ``ζ``,
+    and every real increment is ``Nζ`` for some ``ζ``.
+
+    Notes
+    -----
+    No SVD is involved: ``K`` has integer (GroupSort) or stored (Householder ``v``)
+    entries, and the rows of ``N`` are ``P_k N + K_k S_k``.  Those rows, the new
+    lifts ``P_k N`` and the output ``C N`` are float64 products of weight
+    matrices (as in residual graphs, e.g. ``W₃W₂``); their rounding (relative
+    ~ depth·width·u per entry) is an assumption of the certificate, outside
+    the assembly error model of :mod:`lipsdp.certify`, like every weight
+    product in a graph.
+    """
+    flagged = [bool(g.activation.restrict_to_invariants) and g.post is None
+               and not np.any(g.pre[:, g.offset:g.offset + g.width]) for g in graph.groups]
+    if not any(flagged) or graph.basis is not None:
+        return graph
+    n0 = graph.input_dim
+    new_widths = [g.activation.invariant_directions(g.width).shape[1] if f else g.width
+                  for g, f in zip(graph.groups, flagged)]
+    dim = n0 + sum(new_widths)
+    basis = np.zeros((graph.dim, dim))
+    basis[:n0, :n0] = np.eye(n0)
+    col = n0
+    groups = []
+    for g, f, q in zip(graph.groups, flagged, new_widths):
+        out_rows = slice(g.offset, g.offset + g.width)
+        if f:
+            pre = g.pre @ basis
+            basis[out_rows] = pre
+            basis[out_rows, col:col + q] += g.activation.invariant_directions(g.width).toarray()
+        else:  # unrestricted group: its outputs get fresh coordinates (self-coupling allowed)
+            basis[out_rows, col:col + q] = np.eye(q)
+            pre = None
+        groups.append((g, pre, col))
+        col += q
+    new_groups = tuple(
+        ActivationGroup(g.pre @ basis if pre is None else pre, g.bias, c, g.activation, g.name, basis[g.offset:g.offset + g.width])
+        for g, pre, c in groups
+    )
+    return SignalGraph(n0, dim, new_groups, graph.output @ basis, graph.output_bias, graph.implicit, basis)

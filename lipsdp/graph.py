@@ -42,6 +42,10 @@ class ActivationGroup:
         Index in ``z`` of the group's first output.
     activation
         The activation rule.
+    post
+        (m, dim) matrix mapping ``z`` to the group's output increment; None (the
+        default): the outputs are the coordinates ``offset …`` of ``z``.  Set by
+        :func:`lipsdp.formulations.restrict_to_invariants`.
     """
 
     pre: np.ndarray
@@ -49,13 +53,16 @@ class ActivationGroup:
     offset: int
     activation: Activation
     name: str = ""
+    post: np.ndarray | None = None
 
     @property
     def width(self) -> int:
         return self.pre.shape[0]
 
     def outputs(self, dim: int) -> np.ndarray:
-        """Selector ``E_k`` (m, dim) of the group's outputs."""
+        """Selector ``E_k`` (m, dim) of the group's outputs (or the ``post`` map)."""
+        if self.post is not None:
+            return self.post
         e = np.zeros((self.width, dim))
         e[np.arange(self.width), self.offset + np.arange(self.width)] = 1.0
         return e
@@ -75,6 +82,7 @@ class SignalGraph:
     output: np.ndarray
     output_bias: np.ndarray
     implicit: bool = False
+    basis: np.ndarray | None = None  # z = basis @ ζ for a graph restricted to invariants
 
     @property
     def input_selector(self) -> np.ndarray:
@@ -84,8 +92,8 @@ class SignalGraph:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Evaluate the network through the graph (explicit graphs only)."""
-        if self.implicit:
-            raise NotApplicableError("graph.forward evaluates explicit networks only; use Network for implicit layers")
+        if self.implicit or self.basis is not None:
+            raise NotApplicableError("graph.forward evaluates explicit, unrestricted graphs only; use Network")
         x = np.atleast_2d(np.asarray(x, float))
         z = np.zeros((x.shape[0], self.dim))
         z[:, : self.input_dim] = x

@@ -33,8 +33,16 @@ Caveat on S: the γ- plus s-matrix is ``−(Δv − Δφ)ᵀΠ(Δv − Δφ)`` (
 semidefinite), so the infimum over free (γ, s) is typically reached only as
 ``γ_j ≈ s_j → ∞``: by Finsler's lemma it equals the λ-only LMI restricted to
 the subspace ``Π_j(Δv_j − Δφ_j) = 0``.  Solvers then stall (cvxopt "unknown");
-the well-posed way to get the S-value is that subspace restriction (not yet
-wired into :func:`lipsdp.formulations.lipsdp_l2`).
+the well-posed way to get the S-value is that subspace restriction,
+``cross_terms="exact"``, which removes the stall exactly: every real increment
+satisfies the linear invariant ``R_j(Δφ_j − Δv_j) = 0`` (``R_j`` independent
+rows of ``Π``; :meth:`GroupActivation.linear_invariants`), i.e.
+``Δφ_j = Δv_j + K_j w_j`` with a basis ``K_j`` of ``null(R_j)``
+(:meth:`GroupActivation.invariant_directions`: ``[I; −1ᵀ]`` for GroupSort,
+``v`` for Householder; exact integer/stored entries, no SVD).  The SDP is then
+posed on that subspace (:func:`lipsdp.formulations.restrict_to_invariants`),
+where every γ/s/p term vanishes identically, so only λ_j remains: the value is
+at least as tight as any (γ, S, P) choice, with bounded multipliers.
 
 Granularity ``"neuron"`` gives one set ``(λ_j, γ_j, s_j)`` per group,
 ``"layer"`` one shared set per layer.
@@ -52,7 +60,7 @@ from .activations import Activation, QCBasis, register_activation, register_acti
 from .errors import InvalidActivationError
 
 _GROUPINGS = ("consecutive", "split")
-_CROSS = {True: "s", False: "none", "s": "s", "none": "none", "sp": "sp", "p": "p"}
+_CROSS = {True: "s", False: "none", "s": "s", "none": "none", "sp": "sp", "p": "p", "exact": "exact"}
 
 
 def group_indices(m: int, g: int, grouping: str = "consecutive") -> np.ndarray:
@@ -88,7 +96,8 @@ def group_qc_basis(m: int, groups: np.ndarray, proj: np.ndarray, granularity: st
     n_groups, g = groups.shape
     pi, pj = np.nonzero(np.abs(proj) > 0)
     pv = proj[pi, pj]
-    kinds = ["lam", "gam"] + {"none": [], "s": ["s"], "p": ["p"], "sp": ["s", "p"]}[cross_terms]
+    # "exact": the γ/s/p terms vanish on the invariant subspace the SDP is restricted to
+    kinds = ["lam"] if cross_terms == "exact" else ["lam", "gam"] + {"none": [], "s": ["s"], "p": ["p"], "sp": ["s", "p"]}[cross_terms]
     rows, cols, vals = [], [], []
 
     def add(r, c, v, col):
@@ -144,7 +153,7 @@ class GroupActivation(Activation):
             raise InvalidActivationError(f"{self.kind}: unknown grouping {self.grouping!r}; use one of {_GROUPINGS}")
         if self.cross_terms not in _CROSS:
             raise InvalidActivationError(
-                f"{self.kind}: cross_terms must be one of True, False, 's', 'p', 'sp', 'none' (got {self.cross_terms!r})"
+                f"{self.kind}: cross_terms must be one of True, False, 's', 'p', 'sp', 'none', 'exact' (got {self.cross_terms!r})"
             )
 
     def preserved(self) -> np.ndarray:  # pragma: no cover - abstract
@@ -162,6 +171,40 @@ class GroupActivation(Activation):
 
     def qc_basis(self, m: int, granularity: str = "neuron") -> QCBasis:
         return group_qc_basis(m, self.groups(m), self.preserved(), granularity, _CROSS[self.cross_terms])
+
+    @property
+    def restrict_to_invariants(self) -> bool:
+        """True for ``cross_terms="exact"``: the SDP is posed on the invariant subspace."""
+        return _CROSS[self.cross_terms] == "exact"
+
+    def _invariant_rows(self) -> np.ndarray:
+        """Independent rows ``R`` (r × g) of ``Π`` (the invariant is ``R(Δφ − Δv) = 0`` per group)."""
+        return np.ones((1, int(self.group_size)))
+
+    def _invariant_kernel(self) -> np.ndarray:
+        """Basis ``K`` (g × (g − r)) of ``null(R)``, with exactly representable entries."""
+        g = int(self.group_size)
+        return np.vstack([np.eye(g - 1), -np.ones((1, g - 1))])
+
+    def linear_invariants(self, m: int) -> sp.csr_matrix:
+        """``A`` (k × 2m) with ``A [Δv; Δφ] = 0`` for every pair of inputs: ``[−R, R]`` per group."""
+        idx = self.groups(m)
+        r = self._invariant_rows()
+        blocks = np.zeros((len(idx) * r.shape[0], 2 * m))
+        for j, cols in enumerate(idx):
+            rows = slice(j * r.shape[0], (j + 1) * r.shape[0])
+            blocks[rows, cols] = -r
+            blocks[rows, m + cols] = r
+        return sp.csr_matrix(blocks)
+
+    def invariant_directions(self, m: int) -> sp.csr_matrix:
+        """``K`` (m × q): ``Δφ − Δv ∈ range(K)`` for every pair, and ``range(K)`` is exactly that set."""
+        idx = self.groups(m)
+        k = self._invariant_kernel()
+        out = sp.lil_matrix((m, len(idx) * k.shape[1]))
+        for j, rows in enumerate(idx):
+            out[np.ix_(rows, np.arange(j * k.shape[1], (j + 1) * k.shape[1]))] = k
+        return out.tocsr()
 
     def forward_batch(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, float)
@@ -209,7 +252,9 @@ class GroupSort(GroupActivation):
         the S = P = 0 chain variant, well conditioned), ``"s"``/True, ``"sp"``, ``"p"``.
         With S free the optimum is in general only approached as γ_j ≈ s_j → ∞
         (the limit enforces ``Π(Δv − Δφ) = 0`` as a hard constraint), so
-        interior-point solvers may stall; see the module docstring.
+        interior-point solvers may stall; ``"exact"`` imposes that constraint
+        directly (SDP on the invariant subspace, λ only): as tight as any
+        S, P, with bounded multipliers.  See the module docstring.
     """
 
     group_size: int = 2
@@ -293,6 +338,15 @@ class Householder(GroupActivation):
     def reflection(self) -> np.ndarray:
         return np.eye(self.v.size) - 2 * np.outer(self.v, self.v)
 
+    def _invariant_rows(self) -> np.ndarray:
+        # Π has rank g − 1 (vᵀΠ = 0): dropping the row of the largest |v_i| leaves independent rows
+        keep = np.arange(self.v.size) != int(np.argmax(np.abs(self.v)))
+        return self.preserved()[keep]
+
+    def _invariant_kernel(self) -> np.ndarray:
+        # φ(z) − z ∈ span(v) exactly (for the stored v), so K = v needs no rounding
+        return self.v.reshape(-1, 1)
+
     def _group_forward(self, u: np.ndarray) -> np.ndarray:
         proj = u @ self.v
         return np.where((proj > 0)[..., None], u, u - 2 * proj[..., None] * self.v)
@@ -331,3 +385,35 @@ def householder(v, grouping: str = "consecutive", cross_terms: str | bool = "non
 register_activation_name("maxmin", maxmin)
 register_activation_name("groupsort", groupsort)
 register_activation_name("maxmin_s", lambda: maxmin(cross_terms="s"))
+
+
+def with_cross_terms(network, cross_terms: str | bool):
+    """``network`` with every GroupSort/MaxMin/Householder rule set to ``cross_terms``.
+
+    Rules inside implicit layers are left unchanged: their outputs are coupled to
+    themselves, so they are never restricted to the invariant subspace and
+    ``"exact"`` (λ only) would drop their γ multipliers.
+
+    Raises
+    ------
+    InvalidActivationError
+        For an unknown ``cross_terms`` value.
+    """
+    from dataclasses import replace
+
+    from .network import ActivationLayer, Network, Residual
+
+    if cross_terms not in _CROSS:
+        raise InvalidActivationError(f"cross_terms must be one of {sorted(map(str, _CROSS))}, got {cross_terms!r}")
+
+    def convert(layers):
+        out = []
+        for layer in layers:
+            if isinstance(layer, ActivationLayer) and isinstance(layer.activation, GroupActivation):
+                layer = ActivationLayer(replace(layer.activation, cross_terms=cross_terms), layer.name)
+            elif isinstance(layer, Residual):
+                layer = Residual(tuple(convert(layer.branch)), layer.name)
+            out.append(layer)
+        return out
+
+    return Network(convert(network.layers))

@@ -2,7 +2,8 @@
 
 ``naive``            product of layer norms (residual: Π (1 + ‖branch‖));
 ``lipsdp-layer``     LipSDP with one multiplier per activation layer;
-``lipsdp-neuron``    LipSDP with one multiplier per neuron (``split=k``: chunks of k layers);
+``lipsdp-neuron``    LipSDP with one multiplier per neuron (``split=k``: chunks of k layers;
+                     ``cross_terms="exact"``: GroupSort/Householder QCs on the invariant subspace);
 ``lipsdp-neuron-layerwise``  the same SDP in the layer-wise (chordal) form of MATH §2;
 ``eclipse-fast``     ECLipsE-Fast's greedy closed-form feasible point of MATH §2.
 
@@ -217,9 +218,15 @@ def _graph_builder(granularity: str):
     return build
 
 
-def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None, **options):
+def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None,
+            cross_terms=None, **options):
+    """LipSDP on any network; ``cross_terms`` (e.g. ``"exact"``) overrides the GroupSort/Householder rules' choice."""
     from .wellposed import check_network_well_posed
 
+    if cross_terms is not None:
+        from .group_activations import with_cross_terms
+
+        net = with_cross_terms(net, cross_terms)
     check_network_well_posed(net)  # IllPosedError for an implicit layer without a well-posedness certificate
     if norm != 2:
         from .linf import lipsdp_linf
