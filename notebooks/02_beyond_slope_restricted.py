@@ -104,13 +104,9 @@ ax.set_title("MaxMin networks: certified upper bounds vs a lower bound")
 ax.legend(fontsize=8)
 
 # %%
-import os
-import tempfile
+from lipsdp.io import atomic_path
 
 results = Path.cwd().parent / "results" if Path.cwd().name == "notebooks" else Path.cwd() / "results"
-results.mkdir(parents=True, exist_ok=True)
-fd, tmp = tempfile.mkstemp(dir=results, prefix=".02_beyond_slope_restricted.", suffix=".png")
-os.close(fd)
-fig.savefig(tmp, dpi=120, bbox_inches="tight")
-os.replace(tmp, results / "02_beyond_slope_restricted.png")
+with atomic_path(results / "02_beyond_slope_restricted.png") as tmp:
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 table.groupby("bound")["seconds"].sum().round(2)

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 import lipsdp
+from lipsdp.io import atomic_path
 import lmi
 
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest
@@ -125,7 +126,8 @@ ax.grid(alpha=0.3)
 ax.legend()
 fig.tight_layout()
 out = RESULTS / "lmi_certified_accuracy.png"
-fig.savefig(out, dpi=120)
+with atomic_path(out) as tmp:
+    fig.savefig(tmp, format="png", dpi=120)
 print("saved", out.relative_to(ROOT))
 
 # %%
