@@ -234,7 +234,20 @@ class LDLTLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, alpha={self.alpha}, output={self.output}"
 
 
-class GershgorinLinear(CachedWeights):
+class _UnitLinearMixin:
+    """``weight()``, ``forward`` and the bound of a linear layer whose computed weight has ``‖W‖₂ ≤ 1``."""
+
+    def weight(self) -> torch.Tensor:
+        return self.computed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.computed(), self.bias)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+class GershgorinLinear(_UnitLinearMixin, CachedWeights):
     r"""Linear layer rescaled by a scaled-Gershgorin certificate.
 
     Alone, ``W = V / sqrt(rho)`` with ``rho = max_i (|V|^T |V| s)_i / s_i``
@@ -265,17 +278,8 @@ class GershgorinLinear(CachedWeights):
         rho, _ = LF.abs_chain([self.V], torch.exp(self.log_s), eps=eps)
         return self.V * torch.rsqrt(rho + eps)
 
-    def weight(self) -> torch.Tensor:
-        return self.computed()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.computed(), self.bias)
-
-    def lipschitz_bound(self) -> float:
-        return 1.0
-
-
-class _NormedLinear(CachedWeights):
+class _NormedLinear(_UnitLinearMixin, CachedWeights):
     """Shared body of the 1-Lipschitz linear baselines (``||W||_2 <= 1``)."""
 
     def __init__(self, in_features: int, out_features: int, shape, dtype=None, device=None) -> None:
@@ -287,14 +291,6 @@ class _NormedLinear(CachedWeights):
         self.bias = nn.Parameter(torch.empty(out_features, **fk))
         _init_bias(self.bias, in_features)
 
-    def weight(self) -> torch.Tensor:
-        return self.computed()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.computed(), self.bias)
-
-    def lipschitz_bound(self) -> float:
-        return 1.0
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}"
