@@ -315,6 +315,20 @@ class _Block:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _factorable_step(mats, dirs, step):
+    """``M + step·D`` (symmetrised) for each block, shrinking ``step`` by 0.8 (≤ 30 times) until all
+    Cholesky factorisations succeed; returns the new matrices, their factors (None where one
+    still fails) and the step used."""
+    for _ in range(30):
+        new = [m + step * d for m, d in zip(mats, dirs)]
+        new = [0.5 * (a + a.T) for a in new]
+        factors = [_chol(a) for a in new]
+        if all(f is not None for f in factors):
+            break
+        step *= 0.8
+    return new, factors, step
+
 def _chol(a: np.ndarray) -> np.ndarray | None:
     try:
         return la.cholesky(a, lower=True, check_finite=False)
@@ -610,20 +624,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         ap = min(1.0, gamma * ap)
         ad = min(1.0, gamma * ad)
         # take the step; back off if a factorisation fails
-        for _ in range(30):
-            newx = [x + ap * a for x, a in zip(X, dx)]
-            newx = [0.5 * (a + a.T) for a in newx]
-            lx = [_chol(xx) for xx in newx]
-            if all(l is not None for l in lx):
-                break
-            ap *= 0.8
-        for _ in range(30):
-            newz = [z + ad * b for z, b in zip(Z, dz)]
-            newz = [0.5 * (b + b.T) for b in newz]
-            lz = [_chol(zz) for zz in newz]
-            if all(l is not None for l in lz):
-                break
-            ad *= 0.8
+        newx, lx, ap = _factorable_step(X, dx, ap)
+        newz, lz, ad = _factorable_step(Z, dz, ad)
         if any(l is None for l in lx) or any(l is None for l in lz):
             last_status = "numerical"
             break
