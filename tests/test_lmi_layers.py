@@ -87,21 +87,11 @@ def test_bound_scales_as_gamma_not_inverse(name):
     small = lmi.lipschitz_mlp([1, 16, 16, 1], 0.1, parameterization=name, dtype=torch.float64)
     x = torch.linspace(-1, 1, 64, dtype=torch.float64).unsqueeze(1)
     y = 5.0 * x
-    opt = torch.optim.Adam(small.parameters(), lr=0.02)
-    for _ in range(150):
-        loss = torch.nn.functional.mse_loss(small(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(small, x, y, steps=150)
     assert lmi.empirical_lipschitz(small, steps=30) <= 0.1 * (1 + 1e-9)
 
     big = lmi.lipschitz_mlp([1, 16, 16, 1], 10.0, parameterization=name, dtype=torch.float64)
-    opt = torch.optim.Adam(big.parameters(), lr=0.02)
-    for _ in range(300):
-        loss = torch.nn.functional.mse_loss(big(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(big, x, y, steps=300)
     big.eval()
     with torch.no_grad():
         slope = float((big(x[-1:]) - big(x[:1])).abs() / 2.0)
@@ -312,3 +302,13 @@ def test_cuda(name):
     torch.testing.assert_close(plain(x), m(x), atol=1e-5, rtol=1e-5)
     m64 = lmi.lipschitz_mlp([4, 8, 3], 2.0, parameterization=name, device="cuda", dtype=torch.float64)
     assert m64.lmi_violation() <= 1e-9
+
+
+def _fit(model, x, y, steps: int, lr: float = 0.02) -> None:
+    """Adam on the mean squared error of ``model(x)`` against ``y``."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
