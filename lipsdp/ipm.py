@@ -61,6 +61,9 @@ import scipy.sparse as sp
 from .errors import SolverFailedError
 from .sdp import SDP
 
+# step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
+_DENSE_EIG_MAX = 100
+
 # once a full dual step is taken the dual residual is only rounding: use Z = F(y) from then on
 _EXACT_DUAL = True
 
@@ -202,11 +205,15 @@ class _Block:
 
     def schur_factored(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)``."""
-        m = np.zeros((self.n_vars, self.n_vars))
         if not self.R:
-            return m
+            return np.zeros((self.n_vars, self.n_vars))
         k = self._wcw(u)
         k *= self._wcw(v)  # both symmetric: (W V Wᵀ)_{lk} = (W V Wᵀ)_{kl}
+        return self.reduce_factors(k)
+
+    def reduce_factors(self, k: np.ndarray) -> np.ndarray:
+        """``M_ij = Σ_{k∈i, l∈j} s_k s_l K_kl`` for a symmetric R × R ``K`` (overwritten)."""
+        m = np.zeros((self.n_vars, self.n_vars))
         k *= self.fs[:, None]
         k *= self.fs[None, :]
         vu = self.fvar[self.f_starts]
@@ -214,10 +221,18 @@ class _Block:
             g = self.f_uniform
             red = k.reshape(vu.size, g, vu.size, g).sum(axis=(1, 3))
         else:
-            red = np.add.reduceat(k, self.f_starts, axis=0)
-            red = np.add.reduceat(np.ascontiguousarray(red.T), self.f_starts, axis=0).T
+            red = np.asarray(self.factor_sum.T @ np.asarray(self.factor_sum.T @ k).T)
         m[np.ix_(vu, vu)] = red
         return 0.5 * (m + m.T)
+
+    @property
+    def factor_sum(self) -> sp.csr_matrix:
+        """Sparse (R × #used variables) 0/1 matrix summing each variable's factors."""
+        if not hasattr(self, "_factor_sum"):
+            col = np.cumsum(np.r_[0, np.diff(self.fvar) != 0]) if self.R else np.zeros(0, np.int64)
+            self._factor_sum = sp.csr_matrix((np.ones(self.R), (np.arange(self.R), col)),
+                                             shape=(self.R, self.f_starts.size))
+        return self._factor_sum
 
     # -- lifted linear algebra
     def apply(self, y: np.ndarray) -> np.ndarray:
@@ -345,13 +360,13 @@ def _inv_from_chol(lo: np.ndarray) -> np.ndarray:
 
 
 def _min_eig_scaled(lo: np.ndarray, dm: np.ndarray) -> float:
-    """Smallest eigenvalue of ``L⁻¹ dM L⁻ᵀ`` (dense for small blocks, Lanczos otherwise).
+    """Smallest eigenvalue of ``L⁻¹ dM L⁻ᵀ`` (dense up to ``_DENSE_EIG_MAX``, Lanczos above).
 
     A Lanczos (Ritz) estimate can only over-estimate λ_min, i.e. propose too
     long a step; callers verify every step with a Cholesky factorisation.
     """
     d = lo.shape[0]
-    if d <= 100:
+    if d <= _DENSE_EIG_MAX:
         t = la.solve_triangular(lo, dm, lower=True, check_finite=False)
         t = la.solve_triangular(lo, t.T, lower=True, check_finite=False)
         t = 0.5 * (t + t.T)

@@ -18,6 +18,7 @@ typed error; ``inaccurate`` answers are failures, never bounds.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -216,18 +217,22 @@ _register_firstorder()
 
 
 # --------------------------------------------------------------------------- choice
-def _automatic_candidates(sdp: SDP | None) -> list[SolverSpec]:
-    """Usable back ends for ``sdp``, best first (the automatic choice's order)."""
-    out = []
+def _automatic_candidates(sdp: SDP | None):
+    """Usable back ends for ``sdp``, best first (the automatic choice's order).
+
+    A generator: availability is checked lazily, so picking the structured
+    solver never imports cvxpy (whose import alone takes seconds).
+    """
     for spec in sorted(_SOLVERS.values(), key=lambda s: -s.priority):
-        if spec.priority < 0 or spec.available() is not None:
+        if spec.priority < 0:
             continue
         if sdp is not None and spec.max_size is not None and sdp.size > spec.max_size:
             continue
         if sdp is not None and spec.applies is not None and not spec.applies(sdp):
             continue
-        out.append(spec)
-    return out
+        if spec.available() is not None:
+            continue
+        yield spec
 
 
 def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
@@ -241,10 +246,10 @@ def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
         For a known back end that cannot run here; the message names the usable ones.
     """
     if name is None or name == "auto":
-        candidates = _automatic_candidates(sdp)
-        if not candidates:
+        first = next(_automatic_candidates(sdp), None)
+        if first is None:
             raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
-        return candidates[0]
+        return first
     key = name if name.startswith("cvxpy:") else name.lower()
     if key.startswith("cvxpy:"):
         key = "cvxpy:" + key.split(":", 1)[1].upper()
@@ -272,12 +277,9 @@ def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
     """
     if solver is not None and solver != "auto":
         return resolve_solver(solver, sdp).solve(sdp, **options)
-    candidates = _automatic_candidates(sdp)
-    if not candidates:
-        raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
     failures = []
     # solver-specific options belong to the first choice only: no hand-over when options are given
-    for spec in candidates[: 1 if options else 2]:
+    for spec in itertools.islice(_automatic_candidates(sdp), 1 if options else 2):
         try:
             result = spec.solve(sdp, **options)
         except SolverFailedError as exc:
@@ -287,4 +289,6 @@ def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
         if failures:
             result.info["fallback_from"] = failures
         return result
+    if not failures:
+        raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
     raise SolverFailedError("; ".join(failures), getattr(last, "status", None)) from last

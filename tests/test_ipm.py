@@ -91,6 +91,18 @@ def test_is_the_default_where_it_applies_and_reference_names_stay():
     assert lipsdp.estimate(net).solver == "ipm"
 
 
+def test_automatic_choice_does_not_import_cvxpy():
+    """Picking the structured solver must not pay cvxpy's import (seconds): availability is checked lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, lipsdp; "
+            "b = lipsdp.estimate(lipsdp.Network.from_weights([np.eye(3), np.ones((1, 3))])); "
+            "print(b.solver, 'cvxpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["ipm", "False"]
+
+
 # ----------------------------------------------------------------------------- failure modes
 def _one_block(constant, terms, n_vars, nonneg, objective):
     block = LMIBlock(constant.shape[0], constant, tuple(terms), "test")
