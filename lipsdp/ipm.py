@@ -197,6 +197,9 @@ class _Block:
         self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.fvar) != 0]) if count else np.zeros(0, np.int64)
         counts = np.diff(np.r_[self.f_starts, count]) if count else np.zeros(0, np.int64)
         self.f_uniform = int(counts[0]) if counts.size and np.all(counts == counts[0]) else 0
+        # (R × #used variables) 0/1 matrix summing each variable's factors (unequal counts)
+        owner = np.repeat(np.arange(counts.size), counts)
+        self.factor_sum = sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
 
     def _wcw(self, lifted: np.ndarray) -> np.ndarray:
         """``W L Wᵀ`` for a symmetric lifted matrix ``L`` (r × r)."""
@@ -224,15 +227,6 @@ class _Block:
             red = np.asarray(self.factor_sum.T @ np.asarray(self.factor_sum.T @ k).T)
         m[np.ix_(vu, vu)] = red
         return 0.5 * (m + m.T)
-
-    @property
-    def factor_sum(self) -> sp.csr_matrix:
-        """Sparse (R × #used variables) 0/1 matrix summing each variable's factors."""
-        if not hasattr(self, "_factor_sum"):
-            col = np.cumsum(np.r_[0, np.diff(self.fvar) != 0]) if self.R else np.zeros(0, np.int64)
-            self._factor_sum = sp.csr_matrix((np.ones(self.R), (np.arange(self.R), col)),
-                                             shape=(self.R, self.f_starts.size))
-        return self._factor_sum
 
     # -- lifted linear algebra
     def apply(self, y: np.ndarray) -> np.ndarray:
