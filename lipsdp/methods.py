@@ -23,6 +23,7 @@ import scipy.linalg as la
 
 from . import formulations as fm
 from .certify import UNIT_ROUNDOFF, certify
+from .decompose import rho_reaches_every_block
 from .errors import CertificationError, NotApplicableError, UnknownMethodError
 from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
@@ -187,17 +188,22 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
             y = transfer(y, program, sdp_orig)
         return y, raw, solver_name, status, solver_time
 
-    y, raw, solver_name, status, solver_time = attempt(sdp_red)
+    margin = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_red.blocks[0].constant))))
     margin_used = 0.0
+    if closed_form is None and not rho_reaches_every_block(sdp_red):
+        # A decoupled block that ρ does not reach (MaxMin/GroupSort chains) cannot be repaired by
+        # raising ρ, and a singular optimum leaves it slightly indefinite: solve with F ⪰ εI at once.
+        margin_used = margin
+    y, raw, solver_name, status, solver_time = attempt(sdp_red.with_margin(margin_used) if margin_used else sdp_red)
     try:
         cert = certify(sdp_orig, y)
     except CertificationError:
-        if closed_form is not None:
+        if closed_form is not None or margin_used:
             raise
         # The optimum is often degenerate (F singular in directions ρ cannot reach) and the solver's
         # rounding leaves it slightly indefinite there: re-solve with F ⪰ εI, whose answer is strictly
         # feasible, then certify that (the value moves by O(ε) of the normalised problem).
-        margin_used = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_red.blocks[0].constant))))
+        margin_used = margin
         y, raw, solver_name, status, solver_time2 = attempt(sdp_red.with_margin(margin_used))
         solver_time += solver_time2
         cert = certify(sdp_orig, y)

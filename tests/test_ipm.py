@@ -188,7 +188,8 @@ def test_factored_schur_complement_is_exact(activation, granularity):
     zi = rng.normal(size=(d, d))
     zi = zi @ zi.T + np.eye(d)
     brute = np.array([[np.trace(mats[i] @ x @ mats[j] @ zi) for j in range(n)] for i in range(n)])
-    ours = lifted.schur_factored(lifted.lifted(x), lifted.lifted(zi))
+    ours = np.zeros((n, n))
+    lifted.schur_factored(lifted.lifted(x), lifted.lifted(zi), ours)
     assert np.allclose(ours, brute, rtol=1e-10, atol=1e-10 * np.abs(brute).max())
     assert np.allclose(lifted.schur(lifted.lifted(x), lifted.lifted(zi)), brute, rtol=1e-10,
                        atol=1e-10 * np.abs(brute).max())

@@ -1,0 +1,131 @@
+"""Exact decomposition of an LMI block into the blocks it is made of.
+
+A block ``F(y) = F⁰ + Σ_t s_t G_tᵀ Q_t(y) G_t`` may be block diagonal after a
+permutation for every ``y``: its *aggregate sparsity pattern* (the union of the
+patterns of ``F⁰`` and of every ``g_a g_bᵀ`` with ``(Q_t)_{ab}`` not identically
+zero) splits into connected components ``I_1, …, I_p``.  Then
+
+    F(y) ⪰ 0   ⟺   F(y)[I_c, I_c] ⪰ 0  for every c,
+
+because ``F(y)`` is the direct sum of those principal sub-matrices.  This is an
+exact reformulation (same variables, same optimum), and a large one for the
+MaxMin/GroupSort "chain" QCs (MATH §5 without cross multipliers): there the
+layers do not couple, and an ``L``-layer, width-``n`` net gives ``L`` blocks of
+size ``n`` instead of one of size ``Ln`` — an interior-point iteration then
+costs ``O(L n³)`` instead of ``O(L³ n³)``.
+
+The pattern is taken from absolute values, so cancellations between terms are
+never relied on: the components found are decoupled whatever ``y`` is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from .sdp import SDP, LMIBlock, QuadTerm
+
+
+def block_components(block: LMIBlock) -> list[np.ndarray]:
+    """Index sets (sorted) of the connected components of ``block``'s aggregate pattern.
+
+    The graph has one node per coordinate and one per lift row of each term;
+    a lift row is joined to the coordinates it touches, and two rows are
+    joined when some ``Q_j`` pairs them.  Coordinates are in one component iff
+    they are linked through that graph (or through ``F⁰``).  Rows that no
+    ``Q_j`` uses are left out (they contribute nothing to ``F``).
+    """
+    d = block.dim
+    rows, cols = [], []
+    f0 = sp.coo_matrix(np.asarray(block.constant))
+    rows.append(f0.row)
+    cols.append(f0.col)
+    offset = d
+    for term in block.terms:
+        g = sp.csr_matrix(term.lift)
+        g.eliminate_zeros()
+        r = g.shape[0]
+        q = sp.coo_matrix(term.basis)
+        keep = q.data != 0
+        a, b = q.row[keep] % r, q.row[keep] // r
+        used = np.zeros(r, bool)
+        used[a] = used[b] = True
+        coo = g.tocoo()
+        on = used[coo.row]
+        rows.append(offset + coo.row[on])  # row node — coordinate
+        cols.append(coo.col[on])
+        rows.append(offset + a)  # row node — row node
+        cols.append(offset + b)
+        offset += r
+    n_nodes = offset
+    i = np.concatenate(rows).astype(np.int64)
+    j = np.concatenate(cols).astype(np.int64)
+    graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(n_nodes, n_nodes)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    coord = labels[:d]
+    return [np.flatnonzero(coord == lab) for lab in np.unique(coord)]
+
+
+def _restrict_term(term: QuadTerm, index: np.ndarray) -> QuadTerm | None:
+    """The term's contribution to ``F[index, index]`` (None when it has none)."""
+    g = sp.csr_matrix(term.lift)[:, index]
+    g.eliminate_zeros()
+    r = term.rank
+    live = np.flatnonzero(np.diff(g.indptr) > 0)
+    if live.size == 0:
+        return None
+    new_row = np.full(r, -1, dtype=np.int64)
+    new_row[live] = np.arange(live.size)
+    q = sp.coo_matrix(term.basis)
+    a, b = new_row[q.row % r], new_row[q.row // r]
+    keep = (a >= 0) & (b >= 0) & (q.data != 0)
+    if not np.any(keep):
+        return None
+    r_new = live.size
+    basis = sp.csc_matrix((q.data[keep], (a[keep] + r_new * b[keep], q.col[keep])), shape=(r_new * r_new, q.shape[1]))
+    return QuadTerm(g[live], basis, np.asarray(term.variables), term.sign)
+
+
+def split_block(block: LMIBlock) -> list[LMIBlock]:
+    """``block`` as the list of its decoupled principal sub-blocks (itself when it does not split).
+
+    Sub-blocks on which ``F`` is a constant PSD matrix (no variable reaches
+    them, e.g. coordinates nothing couples to) are dropped: they hold for every
+    ``y``.  A constant block that is not PSD is kept, so the solver reports the
+    program infeasible.
+    """
+    parts = block_components(block)
+    if len(parts) <= 1:
+        return [block]
+    out = []
+    constant = np.asarray(block.constant, float)
+    for c, index in enumerate(parts):
+        terms = tuple(t for t in (_restrict_term(term, index) for term in block.terms) if t is not None)
+        sub = constant[np.ix_(index, index)]
+        if not terms and np.linalg.eigvalsh(0.5 * (sub + sub.T))[0] >= 0:
+            continue
+        out.append(LMIBlock(index.size, sub, terms, f"{block.name}[{c}]"))
+    return out
+
+
+def split_decoupled_blocks(sdp: SDP) -> SDP:
+    """The same program with every LMI block split into its decoupled components (see module docstring)."""
+    blocks = [part for block in sdp.blocks for part in split_block(block)]
+    if len(blocks) == len(sdp.blocks):
+        return sdp
+    return SDP(sdp.n_vars, sdp.objective, blocks, sdp.nonneg, sdp.rho, sdp.bound, sdp.var_layer, sdp.groups,
+               dict(sdp.meta, split_blocks=len(blocks)))
+
+
+def rho_reaches_every_block(sdp: SDP) -> bool:
+    """True if the variable ρ enters every decoupled block of ``sdp``.
+
+    Certification repairs a slightly violated LMI by raising ρ; a decoupled
+    block without ρ (a middle layer of a MaxMin chain) cannot be repaired that
+    way, so callers solve with a small margin there instead.
+    """
+    for block in split_decoupled_blocks(sdp).blocks:
+        if not any(np.any(np.asarray(t.variables)[sp.coo_matrix(t.basis).col] == sdp.rho) for t in block.terms):
+            return False
+    return True
