@@ -27,8 +27,8 @@ from scipy.sparse.csgraph import connected_components
 from .sdp import SDP, LMIBlock, QuadTerm
 
 
-def block_components(block: LMIBlock) -> list[np.ndarray]:
-    """Index sets (sorted) of the connected components of ``block``'s aggregate pattern.
+def _component_labels(block: LMIBlock) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Component label of every coordinate, and of every lift row of each term (−1: unused row).
 
     The graph has one node per coordinate and one per lift row of each term;
     a lift row is joined to the coordinates it touches, and two rows are
@@ -37,54 +37,68 @@ def block_components(block: LMIBlock) -> list[np.ndarray]:
     ``Q_j`` uses are left out (they contribute nothing to ``F``).
     """
     d = block.dim
-    rows, cols = [], []
+    rows, cols, used_rows, sizes = [], [], [], []
     f0 = sp.coo_matrix(np.asarray(block.constant))
     rows.append(f0.row)
     cols.append(f0.col)
     offset = d
     for term in block.terms:
-        g = sp.csr_matrix(term.lift)
-        g.eliminate_zeros()
+        g = sp.coo_matrix(term.lift)
         r = g.shape[0]
         q = sp.coo_matrix(term.basis)
         keep = q.data != 0
         a, b = q.row[keep] % r, q.row[keep] // r
         used = np.zeros(r, bool)
         used[a] = used[b] = True
-        coo = g.tocoo()
-        on = used[coo.row]
-        rows.append(offset + coo.row[on])  # row node — coordinate
-        cols.append(coo.col[on])
+        on = used[g.row] & (g.data != 0)
+        rows.append(offset + g.row[on])  # row node — coordinate
+        cols.append(g.col[on])
         rows.append(offset + a)  # row node — row node
         cols.append(offset + b)
+        used_rows.append(used)
+        sizes.append(r)
         offset += r
-    n_nodes = offset
     i = np.concatenate(rows).astype(np.int64)
     j = np.concatenate(cols).astype(np.int64)
-    graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(n_nodes, n_nodes)).tocsr()
+    graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(offset, offset)).tocsr()
     _, labels = connected_components(graph, directed=False)
+    # renumber by first coordinate so components come in coordinate order
     coord = labels[:d]
-    return [np.flatnonzero(coord == lab) for lab in np.unique(coord)]
+    order = {lab: k for k, lab in enumerate(dict.fromkeys(coord.tolist()))}
+    remap = np.array([order.get(lab, -1) for lab in range(int(labels.max()) + 1)])
+    term_labels, offset = [], d
+    for used, r in zip(used_rows, sizes):
+        lab = remap[labels[offset:offset + r]]
+        term_labels.append(np.where(used, lab, -1))
+        offset += r
+    return remap[coord], term_labels
 
 
-def _restrict_term(term: QuadTerm, index: np.ndarray) -> QuadTerm | None:
-    """The term's contribution to ``F[index, index]`` (None when it has none)."""
-    g = sp.csr_matrix(term.lift)[:, index]
-    g.eliminate_zeros()
-    r = term.rank
-    live = np.flatnonzero(np.diff(g.indptr) > 0)
-    if live.size == 0:
+def block_components(block: LMIBlock) -> list[np.ndarray]:
+    """Index sets (sorted, in order of their first coordinate) of the decoupled components of ``block``."""
+    coord, _ = _component_labels(block)
+    return [np.flatnonzero(coord == c) for c in range(int(coord.max()) + 1)]
+
+
+def _restrict_term(term: QuadTerm, rows: np.ndarray, position: np.ndarray) -> QuadTerm | None:
+    """The term's contribution to one component: its lift ``rows`` (all inside the component), with
+    columns renumbered by ``position`` (coordinate → index within the component)."""
+    if rows.size == 0:
         return None
+    g = sp.csr_matrix(term.lift)[rows].tocoo()
+    ok = g.data != 0
+    lift = sp.csr_matrix((g.data[ok], (g.row[ok], position[g.col[ok]])), shape=(rows.size, int(position.max()) + 1))
+    r = term.rank
     new_row = np.full(r, -1, dtype=np.int64)
-    new_row[live] = np.arange(live.size)
+    new_row[rows] = np.arange(rows.size)
     q = sp.coo_matrix(term.basis)
     a, b = new_row[q.row % r], new_row[q.row // r]
     keep = (a >= 0) & (b >= 0) & (q.data != 0)
     if not np.any(keep):
         return None
-    r_new = live.size
+    r_new = rows.size
     basis = sp.csc_matrix((q.data[keep], (a[keep] + r_new * b[keep], q.col[keep])), shape=(r_new * r_new, q.shape[1]))
-    return QuadTerm(g[live], basis, np.asarray(term.variables), term.sign)
+    return QuadTerm(lift, basis, np.asarray(term.variables), term.sign)
 
 
 def split_block(block: LMIBlock) -> list[LMIBlock]:
@@ -95,13 +109,18 @@ def split_block(block: LMIBlock) -> list[LMIBlock]:
     ``y``.  A constant block that is not PSD is kept, so the solver reports the
     program infeasible.
     """
-    parts = block_components(block)
-    if len(parts) <= 1:
+    coord, term_labels = _component_labels(block)
+    n_comp = int(coord.max()) + 1
+    if n_comp <= 1:
         return [block]
     out = []
     constant = np.asarray(block.constant, float)
-    for c, index in enumerate(parts):
-        terms = tuple(t for t in (_restrict_term(term, index) for term in block.terms) if t is not None)
+    for c in range(n_comp):
+        index = np.flatnonzero(coord == c)
+        position = np.full(block.dim, -1, dtype=np.int64)
+        position[index] = np.arange(index.size)
+        terms = tuple(t for t in (_restrict_term(term, np.flatnonzero(lab == c), position)
+                                  for term, lab in zip(block.terms, term_labels)) if t is not None)
         sub = constant[np.ix_(index, index)]
         if not terms and np.linalg.eigvalsh(0.5 * (sub + sub.T))[0] >= 0:
             continue
@@ -111,9 +130,10 @@ def split_block(block: LMIBlock) -> list[LMIBlock]:
 
 def split_decoupled_blocks(sdp: SDP) -> SDP:
     """The same program with every LMI block split into its decoupled components (see module docstring)."""
-    blocks = [part for block in sdp.blocks for part in split_block(block)]
-    if len(blocks) == len(sdp.blocks):
+    parts = [split_block(block) for block in sdp.blocks]
+    if all(len(p) == 1 and p[0] is block for p, block in zip(parts, sdp.blocks)):
         return sdp
+    blocks = [part for p in parts for part in p]
     return SDP(sdp.n_vars, sdp.objective, blocks, sdp.nonneg, sdp.rho, sdp.bound, sdp.var_layer, sdp.groups,
                dict(sdp.meta, split_blocks=len(blocks)))
 
