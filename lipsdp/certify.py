@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg as la
 
 from .errors import CertificationError
-from .decompose import split_decoupled_blocks
+from .decompose import block_uses, split_decoupled_blocks
 from .sdp import SDP
 
 UNIT_ROUNDOFF = np.finfo(float).eps / 2
@@ -130,16 +130,15 @@ class _RhoLine:
         unit[sdp.rho] = 1.0
         self.parts, self.fixed = [], []
         for block in sdp.blocks:
+            if not block_uses(block, sdp.rho):  # ρ does not reach this block: one check decides it for every ρ
+                self.fixed.append((block.evaluate(y0), None, block.evaluate_abs(y0), None, block.max_rank() + 2))
+                continue
             const = 0.5 * (block.constant + block.constant.T)
-            part = (
+            self.parts.append((
                 block.evaluate(y0), block.evaluate(unit) - const,
                 block.evaluate_abs(y0), block.evaluate_abs(unit) - np.abs(block.constant),
                 block.max_rank() + 2,  # + the axpy's own rounding
-            )
-            if np.any(part[1]) or np.any(part[3]):
-                self.parts.append(part)
-            else:  # ρ does not reach this block: one check decides it for every ρ
-                self.fixed.append(part)
+            ))
         self.fixed_ok = all(is_provably_psd(f0, a0, rank) for f0, _, a0, _, rank in self.fixed)
 
     def passes(self, rho: float) -> bool:
@@ -147,7 +146,8 @@ class _RhoLine:
                                      for f0, f1, a0, a1, rank in self.parts)
 
     def smallest_eigenvalue(self, rho: float) -> float:
-        return min(float(la.eigvalsh(f0 + rho * f1, subset_by_index=[0, 0], check_finite=False)[0])
+        return min(float(la.eigvalsh(f0 if f1 is None else f0 + rho * f1, subset_by_index=[0, 0],
+                                     check_finite=False)[0])
                    for f0, f1, _, _, _ in self.parts + self.fixed)
 
 

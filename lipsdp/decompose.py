@@ -145,7 +145,13 @@ def rho_reaches_every_block(sdp: SDP) -> bool:
     block without ρ (a middle layer of a MaxMin chain) cannot be repaired that
     way, so callers solve with a small margin there instead.
     """
-    for block in split_decoupled_blocks(sdp).blocks:
-        if not any(np.any(np.asarray(t.variables)[sp.coo_matrix(t.basis).col] == sdp.rho) for t in block.terms):
-            return False
-    return True
+    return all(block_uses(block, sdp.rho) for block in split_decoupled_blocks(sdp).blocks)
+
+
+def block_uses(block: LMIBlock, variable: int) -> bool:
+    """True if ``variable`` has a non-zero coefficient in some term of ``block`` (structurally)."""
+    for term in block.terms:
+        q = sp.coo_matrix(term.basis)
+        if np.any(np.asarray(term.variables)[q.col[q.data != 0]] == variable):
+            return True
+    return False

@@ -44,6 +44,14 @@ d ≳ 3000 (784-1024³-10: d = 3856) need a method without dense primal
 matrices.  Small blocks (d < 1200) run BLAS single-threaded: threading
 overhead dominates there, badly so on a shared machine.
 
+Many blocks (:func:`solve_with_ipm` first splits every LMI block into its
+decoupled components, :mod:`lipsdp.decompose`: a MaxMin chain gives one block
+per layer) share one Schur complement, accumulated block by block over the
+variables each block uses; when those index ranges are narrow (chains: layer
+k meets layers k ± 1) the Schur complement is banded and factored with a
+banded Cholesky, and the step lengths of equal-sized blocks come from one
+batched Lanczos run.
+
 The returned multipliers are only approximately feasible; the pipeline
 (:func:`lipsdp.methods.solve_and_certify`) certifies them in float64 and
 repairs ρ, so a certified bound never relies on this solver's accuracy.
