@@ -47,6 +47,18 @@ def test_random_nets_match_cvxopt(seed):
     _check_pair(ours, ref)
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_random_maxmin_chains_match_cvxopt(seed):
+    """MaxMin chains without cross multipliers: the ipm solves the per-layer split blocks, CVXOPT the one block."""
+    from lipsdp.group_activations import maxmin
+
+    rng = np.random.default_rng(4000 + seed)
+    widths = [int(rng.integers(2, 7))] + [2 * int(rng.integers(1, 5)) for _ in range(int(rng.integers(1, 4)))]
+    widths.append(int(rng.integers(1, 4)))
+    ws = [rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k]) for k in range(len(widths) - 1)]
+    _check_pair(*_both(lipsdp.Network.from_weights(ws, None, maxmin(cross_terms="none"))))
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_layer_granularity_matches(seed):
     net = random_network(2000 + seed, max_hidden=2, max_width=6)
