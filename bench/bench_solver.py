@@ -8,6 +8,7 @@ resident memory of the case's fresh process (MiB), status.
     python bench/bench_solver.py            # cvxpy baselines predicted > --cap s are skipped
     python bench/bench_solver.py --full     # run every baseline (hours)
     python bench/bench_solver.py --only 264,544 --cap 120
+    python bench/bench_solver.py --only 784-1024x3-10 --solvers ipm,firstorder --merge   # add rows to the table
 
 Writes results/bench_solver.csv (atomically) and results/bench_solver.png
 (log-log seconds vs LMI size, matplotlib Agg).
@@ -94,7 +95,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ours-cap", type=float, default=1800.0, help="time limit of one ipm case")
     parser.add_argument("--only", default="", help="comma-separated LMI sizes or names to run")
     parser.add_argument("--no-big", action="store_true", help="leave out the 784-1024x3-10 net")
+    parser.add_argument("--solvers", default="ipm,cvxpy:CVXOPT,cvxpy:SCS",
+                        help="comma-separated solver names (e.g. add 'firstorder' for the largest nets)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of results/bench_solver.csv that this run does not replace")
     args = parser.parse_args(argv)
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
         size = _lmi_size(weights)
         if only and name not in only and str(size) not in only:
             continue
-        for solver in ("ipm", "cvxpy:CVXOPT", "cvxpy:SCS"):
+        for solver in solvers:
             if act != "relu" and solver != "ipm":
                 pred = 659.0 if solver == "cvxpy:SCS" else predicted_seconds(solver, size)  # SCS: measured
             else:
@@ -110,12 +116,12 @@ def main(argv=None) -> int:
             row = {"network": name, "lmi_size": size, "method": "lipsdp-neuron", "solver": solver,
                    "certified_bound": float("nan"), "seconds": float("nan"), "solver_seconds": float("nan"),
                    "peak_mb": float("nan"), "status": ""}
-            if solver != "ipm" and not args.full and pred > args.cap:
+            if solver.startswith("cvxpy:") and not args.full and pred > args.cap:
                 row["status"] = f"skipped (predicted {pred:.0f} s > cap {args.cap:.0f} s; --full runs it)"
                 rows.append(row)
                 print(row, flush=True)
                 continue
-            cap = args.ours_cap if solver == "ipm" else (None if args.full else args.cap)
+            cap = args.ours_cap if not solver.startswith("cvxpy:") else (None if args.full else args.cap)
             out = run_isolated(_case, weights, act, solver, timeout=cap)
             if out["status"] == "ok":
                 res = out["result"]
@@ -125,9 +131,27 @@ def main(argv=None) -> int:
                 row["status"] = out["status"][:160]
             rows.append(row)
             print(row, flush=True)
+    if args.merge:
+        rows = _merged(rows)
     write_table(rows, "bench_solver.csv")
     _plot(rows)
     return 0
+
+
+def _merged(rows: list[dict]) -> list[dict]:
+    """The existing table's rows (same network and solver replaced by ``rows``), in network order."""
+    import pandas as pd
+
+    from common import RESULTS
+
+    path = RESULTS / "bench_solver.csv"
+    if not path.exists():
+        return rows
+    new = {(r["network"], r["solver"]) for r in rows}
+    old = [r for r in pd.read_csv(path, keep_default_na=False, na_values=[""]).to_dict("records")
+           if (r["network"], r["solver"]) not in new]
+    rank = {"ipm": 0, "firstorder": 1, "cvxpy:CVXOPT": 2, "cvxpy:SCS": 3}
+    return sorted(old + rows, key=lambda r: (r["lmi_size"], r["network"], rank.get(r["solver"], 9)))
 
 
 def _plot(rows) -> None:
@@ -137,7 +161,7 @@ def _plot(rows) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for solver, marker in (("ipm", "o"), ("cvxpy:CVXOPT", "s"), ("cvxpy:SCS", "^")):
+    for solver, marker in (("ipm", "o"), ("firstorder", "D"), ("cvxpy:CVXOPT", "s"), ("cvxpy:SCS", "^")):
         pts = sorted((r["lmi_size"], r["seconds"]) for r in rows if r["solver"] == solver and r["status"] == "ok")
         if pts:
             ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=solver)

@@ -375,10 +375,7 @@ def _min_eig_scaled(lo: np.ndarray, dm: np.ndarray) -> float:
     """
     d = lo.shape[0]
     if d <= _DENSE_EIG_MAX:
-        t = la.solve_triangular(lo, dm, lower=True, check_finite=False)
-        t = la.solve_triangular(lo, t.T, lower=True, check_finite=False)
-        t = 0.5 * (t + t.T)
-        return float(la.eigvalsh(t, subset_by_index=[0, 0], check_finite=False, driver="evr")[0])
+        return float(la.eigvalsh(_scaled(lo, dm), subset_by_index=[0, 0], check_finite=False, driver="evr")[0])
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     lt = np.asfortranarray(lo)
@@ -394,9 +391,7 @@ def _min_eig_scaled(lo: np.ndarray, dm: np.ndarray) -> float:
         val = float(eigsh(op, k=1, which="SA", tol=1e-3, ncv=min(d, 24), return_eigenvectors=False,
                           maxiter=300)[0])
     except Exception:  # ARPACK did not converge: dense fallback
-        t = la.solve_triangular(lo, dm, lower=True, check_finite=False)
-        t = la.solve_triangular(lo, t.T, lower=True, check_finite=False)
-        return float(la.eigvalsh(0.5 * (t + t.T), subset_by_index=[0, 0], check_finite=False)[0])
+        return float(la.eigvalsh(_scaled(lo, dm), subset_by_index=[0, 0], check_finite=False)[0])
     return val - 2e-3 * abs(val)
 
 
@@ -464,11 +459,6 @@ def _min_eigs_scaled(los: list, dms: list) -> list:
 def _steps_psd(los: list, dms: list) -> list:
     """Largest steps keeping each ``M_b + α dM_b`` PSD (``inf`` where dM_b ⪰ 0)."""
     return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms)]
-
-
-def _step_psd(lo: np.ndarray, dm: np.ndarray) -> float:
-    lam = _min_eig_scaled(lo, dm)
-    return np.inf if lam >= 0 else -1.0 / lam
 
 
 def _schur_bandwidth(blocks, n: int) -> int:
@@ -759,6 +749,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         gamma = 0.9 + 0.09 * min(min(ap, 1.0), min(ad, 1.0))
         ap = min(1.0, gamma * ap)
         ad = min(1.0, gamma * ad)
+        if verbose:
+            print(f"    sigma {sigma:.2e}  step primal {ap:.3f} dual {ad:.3f}")
         # take the step; back off if a factorisation fails
         newx, lx, ap = _factorable_step(X, dx, ap)
         newz, lz, ad = _factorable_step(Z, dz, ad)
