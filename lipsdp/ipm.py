@@ -840,8 +840,16 @@ def _available() -> str | None:
 
 
 def _applies(sdp: SDP) -> bool:
-    """Low-rank factored data with a modest number of variables (the Schur complement is dense)."""
-    return sdp.n_vars <= 20000 and all(b.dim <= 8000 for b in sdp.blocks)
+    """A modest number of variables (the Schur complement is held densely) and blocks of at most
+    8000 rows once split into their decoupled components (a deep MaxMin chain is one huge block
+    made of small ones)."""
+    if sdp.n_vars > 20000:
+        return False
+    if all(b.dim <= 8000 for b in sdp.blocks):
+        return True
+    from .decompose import split_decoupled_blocks
+
+    return all(b.dim <= 8000 for b in split_decoupled_blocks(sdp).blocks)
 
 
 def register() -> None:
