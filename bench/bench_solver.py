@@ -162,9 +162,14 @@ def _plot(rows) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for solver, marker in (("ipm", "o"), ("firstorder", "D"), ("cvxpy:CVXOPT", "s"), ("cvxpy:SCS", "^")):
-        pts = sorted((r["lmi_size"], r["seconds"]) for r in rows if r["solver"] == solver and r["status"] == "ok")
+        pts = sorted((r["lmi_size"], r["seconds"]) for r in rows
+                     if r["solver"] == solver and r["status"] == "ok" and "maxmin" not in r["network"])
         if pts:
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=solver)
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{solver} (ReLU chains)")
+    for r in rows:  # the MaxMin anchor splits into per-layer blocks: its own marker, not on the ReLU line
+        if "maxmin" in r["network"] and r["status"] == "ok":
+            ax.loglog([r["lmi_size"]], [r["seconds"]], marker="*", markersize=12, linestyle="none",
+                      label=f"{r['solver']}: {r['network']}")
     ax.set_xlabel("LMI size (reduced LipSDP-Neuron)")
     ax.set_ylabel("seconds (certified estimate)")
     ax.set_title("LipSDP-Neuron: structured IPM vs cvxpy (2 cores)")
