@@ -80,25 +80,28 @@ def block_components(block: LMIBlock) -> list[np.ndarray]:
     return [np.flatnonzero(coord == c) for c in range(int(coord.max()) + 1)]
 
 
-def _restrict_term(term: QuadTerm, rows: np.ndarray, position: np.ndarray) -> QuadTerm | None:
+def _restrict_term(term: QuadTerm, lift: sp.csr_matrix, basis: sp.coo_matrix, rows: np.ndarray,
+                   position: np.ndarray) -> QuadTerm | None:
     """The term's contribution to one component: its lift ``rows`` (all inside the component), with
-    columns renumbered by ``position`` (coordinate → index within the component)."""
+    columns renumbered by ``position`` (coordinate → index within the component).  ``lift`` and
+    ``basis`` are the term's lift (CSR) and basis (COO), converted once by the caller."""
     if rows.size == 0:
         return None
-    g = sp.csr_matrix(term.lift)[rows].tocoo()
+    g = lift[rows].tocoo()
     ok = g.data != 0
-    lift = sp.csr_matrix((g.data[ok], (g.row[ok], position[g.col[ok]])), shape=(rows.size, int(position.max()) + 1))
+    new_lift = sp.csr_matrix((g.data[ok], (g.row[ok], position[g.col[ok]])),
+                             shape=(rows.size, int(position.max()) + 1))
     r = term.rank
     new_row = np.full(r, -1, dtype=np.int64)
     new_row[rows] = np.arange(rows.size)
-    q = sp.coo_matrix(term.basis)
-    a, b = new_row[q.row % r], new_row[q.row // r]
-    keep = (a >= 0) & (b >= 0) & (q.data != 0)
+    a, b = new_row[basis.row % r], new_row[basis.row // r]
+    keep = (a >= 0) & (b >= 0) & (basis.data != 0)
     if not np.any(keep):
         return None
     r_new = rows.size
-    basis = sp.csc_matrix((q.data[keep], (a[keep] + r_new * b[keep], q.col[keep])), shape=(r_new * r_new, q.shape[1]))
-    return QuadTerm(lift, basis, np.asarray(term.variables), term.sign)
+    new_basis = sp.csc_matrix((basis.data[keep], (a[keep] + r_new * b[keep], basis.col[keep])),
+                              shape=(r_new * r_new, basis.shape[1]))
+    return QuadTerm(new_lift, new_basis, np.asarray(term.variables), term.sign)
 
 
 def split_block(block: LMIBlock) -> list[LMIBlock]:
@@ -115,12 +118,14 @@ def split_block(block: LMIBlock) -> list[LMIBlock]:
         return [block]
     out = []
     constant = np.asarray(block.constant, float)
+    converted = [(sp.csr_matrix(term.lift), sp.coo_matrix(term.basis)) for term in block.terms]
     for c in range(n_comp):
         index = np.flatnonzero(coord == c)
         position = np.full(block.dim, -1, dtype=np.int64)
         position[index] = np.arange(index.size)
-        terms = tuple(t for t in (_restrict_term(term, np.flatnonzero(lab == c), position)
-                                  for term, lab in zip(block.terms, term_labels)) if t is not None)
+        terms = tuple(t for t in (_restrict_term(term, lift, basis, np.flatnonzero(lab == c), position)
+                                  for term, (lift, basis), lab in zip(block.terms, converted, term_labels))
+                      if t is not None)
         sub = constant[np.ix_(index, index)]
         if not terms and np.linalg.eigvalsh(0.5 * (sub + sub.T))[0] >= 0:
             continue

@@ -228,19 +228,20 @@ def restrict_to_invariants(graph: SignalGraph) -> SignalGraph:
     if not any(flagged) or graph.basis is not None:
         return graph
     n0 = graph.input_dim
-    new_widths = [g.activation.invariant_directions(g.width).shape[1] if f else g.width
-                  for g, f in zip(graph.groups, flagged)]
+    kernels = [g.activation.invariant_directions(g.width).toarray() if f else None
+               for g, f in zip(graph.groups, flagged)]
+    new_widths = [g.width if k is None else k.shape[1] for g, k in zip(graph.groups, kernels)]
     dim = n0 + sum(new_widths)
     basis = np.zeros((graph.dim, dim))
     basis[:n0, :n0] = np.eye(n0)
     col = n0
     groups = []
-    for g, f, q in zip(graph.groups, flagged, new_widths):
+    for g, f, q, kernel in zip(graph.groups, flagged, new_widths, kernels):
         out_rows = slice(g.offset, g.offset + g.width)
         if f:
             pre = g.pre @ basis
             basis[out_rows] = pre
-            basis[out_rows, col:col + q] += g.activation.invariant_directions(g.width).toarray()
+            basis[out_rows, col:col + q] += kernel
         else:  # unrestricted group: its outputs get fresh coordinates (self-coupling allowed)
             basis[out_rows, col:col + q] = np.eye(q)
             pre = None

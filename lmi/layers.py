@@ -291,7 +291,6 @@ class _NormedLinear(_UnitLinearMixin, CachedWeights):
         self.bias = nn.Parameter(torch.empty(out_features, **fk))
         _init_bias(self.bias, in_features)
 
-
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}"
 
