@@ -167,7 +167,7 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     n0 = graph.input_dim
     pieces = [g.pre[:, :n0] for g in graph.groups] + [graph.output[:, :n0]]
     r_mat = np.vstack(pieces)
-    _, s, vt = np.linalg.svd(r_mat, full_matrices=False)
+    _, s, vt = np.linalg.svd(r_mat[np.any(r_mat != 0, axis=1)] if np.any(r_mat) else r_mat[:1], full_matrices=False)
     rank = int(np.sum(s > rtol * (s[0] if s.size else 0.0))) if s.size and s[0] > 0 else 0
     rank = max(rank, 1)
     v = vt[:rank].T  # n0 × r

@@ -149,13 +149,6 @@ class _Block:
         self.ea, self.eb, self.eq, self.ev = self.ea[order], self.eb[order], self.eq[order], self.ev[order]
         n_e = self.ea.size
         self.var_starts = np.flatnonzero(np.r_[True, np.diff(self.ev) != 0]) if n_e else np.zeros(0, np.int64)
-        # classes of variables with the same number of entries: (vars, A, B, Q) as (n_c × k_c) arrays
-        counts = np.diff(np.r_[self.var_starts, n_e]) if n_e else np.zeros(0, np.int64)
-        self.classes = []
-        for k in np.unique(counts):
-            which = np.flatnonzero(counts == k)
-            idx = (self.var_starts[which][:, None] + np.arange(k)[None, :])
-            self.classes.append((self.ev[self.var_starts[which]], self.ea[idx], self.eb[idx], self.eq[idx]))
         self.n_vars = n_vars
         self.P = sp.csr_matrix((np.ones(n_e), (np.arange(n_e), self.ev)), shape=(n_e, n_vars))
         self.PT = self.P.T.tocsr()
@@ -212,35 +205,42 @@ class _Block:
         # (R × #used variables) 0/1 matrix summing each variable's factors (unequal counts)
         owner = np.repeat(np.arange(counts.size), counts)
         self.factor_sum = sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
+        self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
+        self.used_index = _as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
 
-    def _wcw(self, lifted: np.ndarray) -> np.ndarray:
-        """``W L Wᵀ`` for a symmetric lifted matrix ``L`` (r × r)."""
-        t = np.asarray(self.W @ lifted)  # R × r
-        return np.asarray(self.W @ t.T)
+    @staticmethod
+    def _wcw(w: sp.csr_matrix, lifted: np.ndarray) -> np.ndarray:
+        """``W L Wᵀ`` for a symmetric lifted matrix ``L`` (r × r) and sparse ``W``."""
+        t = np.asarray(w @ lifted)  # R × r
+        return np.asarray(w @ t.T)
 
     def schur_factored(self, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
         """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``."""
         if not self.R:
             return
-        k = self._wcw(u)
-        k *= self._wcw(v)  # both symmetric: (W V Wᵀ)_{lk} = (W V Wᵀ)_{kl}
+        k = self._wcw(self.W_signed, u)  # s_k s_l (W U Wᵀ)_kl
+        k *= self._wcw(self.W, v)  # both symmetric: (W V Wᵀ)_{lk} = (W V Wᵀ)_{kl}
         self.reduce_factors(k, out)
 
     def reduce_factors(self, k: np.ndarray, out: np.ndarray) -> None:
-        """Add ``M_ij = Σ_{k∈i, l∈j} s_k s_l K_kl`` (symmetric R × R ``K``, overwritten) into ``out``.
+        """Add ``M_ij = Σ_{k∈i, l∈j} K_kl`` (symmetric R × R ``K``, signs included) into ``out``.
 
         Only the rows and columns of the variables this block uses are touched
         (many small blocks share one n × n Schur complement).
         """
-        k *= self.fs[:, None]
-        k *= self.fs[None, :]
-        vu = self.fvar[self.f_starts]
+        n_used = self.f_starts.size
         if self.f_uniform:
             g = self.f_uniform
-            red = k.reshape(vu.size, g, vu.size, g).sum(axis=(1, 3))
+            red = k.reshape(n_used, g, n_used, g).sum(axis=(1, 3))
         else:
             red = np.asarray(self.factor_sum.T @ np.asarray(self.factor_sum.T @ k).T)
-        out[np.ix_(vu, vu)] += 0.5 * (red + red.T)
+        red += red.T
+        red *= 0.5
+        idx = self.used_index
+        if isinstance(idx, slice):
+            out[idx, idx] += red
+        else:
+            out[np.ix_(idx, idx)] += red
 
     # -- lifted linear algebra
     def apply(self, y: np.ndarray) -> np.ndarray:
@@ -270,11 +270,14 @@ class _Block:
         return out
 
     def lifted(self, y: np.ndarray, gy: np.ndarray | None = None) -> np.ndarray:
-        """``G Y Gᵀ`` (r × r) for symmetric ``Y``; ``gy`` = ``G Y`` if already known."""
+        """``G Y Gᵀ`` (r × r) for symmetric ``Y``; ``gy`` = ``G Y`` if already known.
+
+        Symmetric up to rounding only (not symmetrised: every consumer, the Schur
+        complement and ``𝒜``, is symmetrised or reads one triangle's worth anyway).
+        """
         if gy is None:
             gy = self.apply(y)
-        out = self.apply(gy.T)
-        return 0.5 * (out + out.T)
+        return self.apply(gy.T)
 
     def small(self, dy: np.ndarray) -> sp.csr_matrix:
         """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``."""
@@ -298,43 +301,6 @@ class _Block:
             e = slice(s, min(s + chunk, n_e))
             vals[e] = np.einsum("ij,ij->i", gk[self.eb[e]], self.G[self.ea[e]])
         return self.PT @ (self.eq * vals)
-
-    def schur(self, u: np.ndarray, v: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """HKM Schur complement ``M_ij = tr(A_i X A_j Z⁻¹)`` from ``U = GXGᵀ``, ``V = GZ⁻¹Gᵀ``.
-
-        ``M_ij = Σ_{e∈i, f∈j} q_e q_f U[b_e, a_f] V[a_e, b_f]``.  Variables are
-        grouped in classes with the same number of entries (e.g. all neurons:
-        3–4, ρ: n₀), so each class pair is a short sum of Hadamard products of
-        gathered sub-matrices of ``U`` and ``V``.
-        """
-        m = np.zeros((self.n_vars, self.n_vars))
-        cls = self.classes
-        for ci in range(len(cls)):
-            for cj in range(ci, len(cls)):
-                vi, ai, bi, qi = cls[ci]
-                vj, aj, bj, qj = cls[cj]
-                # loop over the entries of the class with fewer entries per variable
-                swap = aj.shape[1] > ai.shape[1]
-                if swap:
-                    vi, ai, bi, qi, vj, aj, bj, qj = vj, aj, bj, qj, vi, ai, bi, qi
-                n_i, k_i = ai.shape
-                block = np.zeros((n_i, vj.size))
-                for lo in range(0, n_i, chunk):
-                    hi = min(lo + chunk, n_i)
-                    bsub, asub, qsub = bi[lo:hi].ravel(), ai[lo:hi].ravel(), qi[lo:hi]
-                    acc = np.zeros((hi - lo, vj.size))
-                    for t in range(aj.shape[1]):
-                        prod = u[bsub][:, aj[:, t]]
-                        prod *= v[asub][:, bj[:, t]]
-                        prod = prod.reshape(hi - lo, k_i, vj.size)
-                        acc += np.einsum("nk,nkj->nj", qsub, prod) * qj[None, :, t]
-                    block[lo:hi] = acc
-                if swap:
-                    vi, vj, block = vj, vi, block.T
-                m[np.ix_(vi, vj)] = block
-                if ci != cj:
-                    m[np.ix_(vj, vi)] = block.T
-        return 0.5 * (m + m.T)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -436,8 +402,21 @@ def _lanczos_min(t: np.ndarray, steps: int = _LANCZOS_STEPS) -> np.ndarray:
     return val - 2e-3 * np.abs(val)
 
 
-def _min_eigs_scaled(los: list, dms: list) -> list:
-    """:func:`_min_eig_scaled` for every block; equal-sized mid-sized blocks share one batched Lanczos."""
+def _lower_inverse(lo: np.ndarray) -> np.ndarray:
+    """``L⁻¹`` of a lower-triangular Cholesky factor (LAPACK ``trtri``)."""
+    inv, info = la.lapack.dtrtri(lo, lower=1)
+    if info != 0:
+        raise SolverFailedError("a Cholesky factor is singular", "numerical")
+    return np.tril(inv)
+
+
+def _min_eigs_scaled(los: list, dms: list, inverses: dict | None = None) -> list:
+    """:func:`_min_eig_scaled` for every block; equal-sized mid-sized blocks share one batched Lanczos.
+
+    The batched path forms ``L⁻¹ dM L⁻ᵀ`` with stacked matrix products from the
+    explicit inverse factors, kept in ``inverses`` (keyed by the group of blocks)
+    so the predictor and the corrector of one iteration invert each factor once.
+    """
     out = [None] * len(los)
     by_size: dict = {}
     for i, lo in enumerate(los):
@@ -450,15 +429,24 @@ def _min_eigs_scaled(los: list, dms: list) -> list:
         if len(idx) == 1:
             out[idx[0]] = _min_eig_scaled(los[idx[0]], dms[idx[0]])
             continue
-        vals = _lanczos_min(np.stack([_scaled(los[i], dms[i]) for i in idx]))
+        key = tuple(idx)
+        inv = None if inverses is None else inverses.get(key)
+        if inv is None:
+            inv = np.stack([_lower_inverse(los[i]) for i in idx])
+            if inverses is not None:
+                inverses[key] = inv
+        t = np.matmul(np.matmul(inv, np.stack([dms[i] for i in idx])), inv.transpose(0, 2, 1))
+        t += t.transpose(0, 2, 1)
+        t *= 0.5
+        vals = _lanczos_min(t)
         for i, val in zip(idx, vals):
             out[i] = float(val)
     return out
 
 
-def _steps_psd(los: list, dms: list) -> list:
+def _steps_psd(los: list, dms: list, inverses: dict | None = None) -> list:
     """Largest steps keeping each ``M_b + α dM_b`` PSD (``inf`` where dM_b ⪰ 0)."""
-    return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms)]
+    return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms, inverses)]
 
 
 def _schur_bandwidth(blocks, n: int) -> int:
@@ -490,18 +478,18 @@ class _SchurSolver:
         self.m = m
         self.scale = np.sqrt(np.maximum(np.diag(m), 1e-300))
         self.band = self.lo = self.lu = None
+        inv_scale = 1.0 / self.scale
         if n > 200 and 4 * bandwidth < n:
-            cols = np.arange(n)
-            rows = cols[None, :] + np.arange(bandwidth + 1)[:, None]  # lower band storage: ab[i, j] = M[j + i, j]
-            inside = rows < n
-            rows = np.where(inside, rows, n - 1)
-            ab = np.where(inside, m[rows, cols[None, :]], 0.0) / (self.scale[rows] * self.scale[None, :])
+            ab = np.zeros((bandwidth + 1, n))  # lower band storage: ab[i, j] = M[j + i, j] (scaled)
+            for i in range(bandwidth + 1):
+                ab[i, :n - i] = np.diagonal(m, -i) * inv_scale[i:] * inv_scale[:n - i]
             try:
                 self.band = la.cholesky_banded(ab, lower=True, check_finite=False)
                 return
             except la.LinAlgError:
                 self.band = None
-        ms = m / self.scale[:, None] / self.scale[None, :]
+        ms = m * inv_scale[:, None]
+        ms *= inv_scale[None, :]
         self.lo = _chol(ms)
         if self.lo is not None:
             return
@@ -683,23 +671,27 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             last_status = "ill-conditioned"
             break
 
+        # the dual-residual part of W Z⁻¹ (W = σμI − X Rd − corr) and its 𝒜, shared by predictor and corrector
+        rd_wz = [None if r is None else -(x @ r) @ zi for x, r, zi in zip(X, rd, zinv)]
+        rd_rhs = np.zeros(n)
+        for blk, wz in zip(blocks, rd_wz):
+            if wz is not None:
+                rd_rhs += blk.adj_from_gk(blk.apply(wz))
+
         def direction(sig_mu, corr_x, corr_l):
             """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, Δx_p Δz_p) or None."""
-            rhs = -c.copy()
+            rhs = rd_rhs - c
             ws = []
             for k, blk in enumerate(blocks):
                 # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
-                w = None
-                if rd[k] is not None:
-                    w = -X[k] @ rd[k]
+                wz = rd_wz[k]
                 if corr_x is not None:
-                    w = -corr_x[k] if w is None else w - corr_x[k]
-                wz = None if w is None else w @ zinv[k]
+                    cz = -corr_x[k] @ zinv[k]
+                    rhs += blk.adj_from_gk(blk.apply(cz))
+                    wz = cz if wz is None else wz + cz
                 ws.append(wz)
                 if sig_mu:
                     rhs += sig_mu * blk.adj_lifted(v[k])
-                if wz is not None:
-                    rhs += blk.adj_from_gk(blk.apply(wz))
             if n_l:
                 t = sig_mu / z_l - x_l * rd_l / z_l
                 if corr_l is not None:
@@ -723,9 +715,11 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             dxl = (sig_mu - x_l * z_l - x_l * dzl - (corr_l if corr_l is not None else 0.0)) / z_l if n_l else np.zeros(0)
             return dy, dx, dz, dxl, dzl
 
+        inv_x, inv_z = {}, {}  # inverse factors of this iteration's X and Z (batched step lengths)
+
         def steps(dx, dz, dxl, dzl):
-            ap = min(_steps_psd(lx, dx) + [_step_lp(x_l, dxl)])
-            ad = min(_steps_psd(lz, dz) + [_step_lp(z_l, dzl)])
+            ap = min(_steps_psd(lx, dx, inv_x) + [_step_lp(x_l, dxl)])
+            ad = min(_steps_psd(lz, dz, inv_z) + [_step_lp(z_l, dzl)])
             return ap, ad
 
         try:
