@@ -61,7 +61,10 @@ class QuadTerm:
         if absolute:
             g = abs(g)
         q = self.small_matrix(y, absolute)
-        out = (g.T @ (q @ g)).toarray()
+        if g.nnz > 0.02 * g.shape[0] * g.shape[1]:  # a dense-ish lift (weight rows): sparse × dense products
+            out = np.asarray(g.T @ np.asarray(q @ g.toarray()))
+        else:
+            out = (g.T @ (q @ g)).toarray()
         return out if absolute else self.sign * out
 
     def coefficients(self, dim: int, n_vars: int) -> sp.csc_matrix:
