@@ -272,8 +272,10 @@ class _Block:
     def lifted(self, y: np.ndarray, gy: np.ndarray | None = None) -> np.ndarray:
         """``G Y Gᵀ`` (r × r) for symmetric ``Y``; ``gy`` = ``G Y`` if already known.
 
-        Symmetric up to rounding only (not symmetrised: every consumer, the Schur
-        complement and ``𝒜``, is symmetrised or reads one triangle's worth anyway).
+        Symmetric up to rounding only, and not symmetrised (an r × r transpose-add):
+        the Schur complement symmetrises what it accumulates, and ``𝒜`` reads the
+        entries ``q_e L[b_e, a_e]`` directly, where an asymmetry of rounding size
+        is harmless.
         """
         if gy is None:
             gy = self.apply(y)

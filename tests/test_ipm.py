@@ -178,8 +178,13 @@ def test_lifted_operators_match_dense_coefficients():
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "maxmin", "maxmin_chain"])
 @pytest.mark.parametrize("granularity", ["neuron", "layer"])
-def test_factored_schur_complement_is_exact(activation, granularity):
-    """M_ij = tr(A_i X A_j Z⁻¹) from the factored lifted form equals the brute-force trace."""
+@pytest.mark.parametrize("spread", [False, True])
+def test_factored_schur_complement_is_exact(activation, granularity, spread):
+    """M_ij = tr(A_i X A_j Z⁻¹) from the factored lifted form equals the brute-force trace.
+
+    ``spread``: the block's variables sit at the even indices of a program twice as
+    large, so the rows/columns it adds into are not a contiguous range.
+    """
     from lipsdp.ipm import _Block
 
     if activation.startswith("maxmin"):
@@ -191,6 +196,9 @@ def test_factored_schur_complement_is_exact(activation, granularity):
     net = lipsdp.Network.from_weights(ws, None, activation)
     sdp = fm.lipsdp_l2(build_graph(net), granularity)
     blk, n = sdp.blocks[0], sdp.n_vars
+    if spread:
+        terms = tuple(QuadTerm(t.lift, t.basis, 2 * np.asarray(t.variables), t.sign) for t in blk.terms)
+        blk, n = LMIBlock(blk.dim, blk.constant, terms, blk.name), 2 * n
     d = blk.dim
     lifted = _Block(blk, n)
     k = blk.coefficients(n).toarray()
@@ -231,6 +239,11 @@ def test_batched_lanczos_bounds_the_smallest_eigenvalue():
         want.append(np.linalg.eigvalsh(np.linalg.solve(lo, np.linalg.solve(lo, dm).T))[0])
     got = np.array(_min_eigs_scaled(los, dms))
     assert np.allclose(got, want, rtol=0.05), (got, want)
+    # the inverse factors kept between the predictor's and the corrector's call give the same values
+    inverses = {}
+    first = _min_eigs_scaled(los, dms, inverses)
+    assert len(inverses) == 1
+    assert _min_eigs_scaled(los, dms, inverses) == first == list(got)
 
 
 def test_banded_schur_solver_matches_dense():
