@@ -67,6 +67,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
+from .runtime import blas_threads, heap_reuse
 from .sdp import SDP
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -74,7 +75,12 @@ _DENSE_EIG_MAX = 100
 
 # many blocks of one size up to this: explicit scaled matrices and one batched Lanczos for all of them
 _BATCH_EIG_MAX = 512
-_LANCZOS_STEPS = 32
+# Lanczos step lengths: at most this many steps, at least this many before testing convergence
+_LANCZOS_STEPS = 40
+_LANCZOS_MIN_STEPS = 6
+_LANCZOS_TOL = 1e-3
+_PREDICTOR_LANCZOS_TOL = 1e-2  # the predictor's step lengths only set the centring parameter σ
+_RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relative amount
 
 # once a full dual step is taken the dual residual is only rounding: use Z = F(y) from then on
 _EXACT_DUAL = True
@@ -145,6 +151,7 @@ class _Block:
         self.eb = np.concatenate(eb).astype(np.int64) if eb else np.zeros(0, np.int64)
         self.eq = np.concatenate(eq) if eq else np.zeros(0)
         self.ev = np.concatenate(ev).astype(np.int64) if ev else np.zeros(0, np.int64)
+        self._mirror_entries()
         order = np.argsort(self.ev, kind="stable")
         self.ea, self.eb, self.eq, self.ev = self.ea[order], self.eb[order], self.eq[order], self.ev[order]
         n_e = self.ea.size
@@ -152,9 +159,30 @@ class _Block:
         self.n_vars = n_vars
         self.P = sp.csr_matrix((np.ones(n_e), (np.arange(n_e), self.ev)), shape=(n_e, n_vars))
         self.PT = self.P.T.tocsr()
+        self._q_pattern = None
         self.G = self.apply(np.eye(d))  # dense r × d (rows of the lift)
         self.vars_used = np.unique(self.ev)
         self._factorise()
+
+    def _mirror_entries(self) -> None:
+        """Make the entry list symmetric: ``(a, b, q, i)`` present ⇔ ``(b, a, q, i)`` present.
+
+        The block's data matrices are ``A_i = sym(Σ_e q_e g_a g_bᵀ)``; an
+        off-diagonal entry without its mirror is replaced by two halves.  Then
+        ``Σ_e q_e g_aᵀ K g_b = ⟨A_i, K⟩`` for any K, symmetric or not, which the
+        adjoint products (:meth:`adj_rows`) rely on.  LipSDP's terms are
+        symmetric already (nothing changes for them).
+        """
+        if not self.ea.size:
+            return
+        scale = np.abs(self.eq).max()
+        key = lambda a, b, q, v: set(zip(a.tolist(), b.tolist(), np.round(q / scale, 12).tolist(), v.tolist()))
+        if key(self.ea, self.eb, self.eq, self.ev) == key(self.eb, self.ea, self.eq, self.ev):
+            return
+        off = self.ea != self.eb
+        q = np.where(off, 0.5 * self.eq, self.eq)
+        self.ea, self.eb = np.r_[self.ea, self.eb[off]], np.r_[self.eb, self.ea[off]]
+        self.eq, self.ev = np.r_[q, q[off]], np.r_[self.ev, self.ev[off]]
 
     def _factorise(self) -> None:
         """Eigen-factor each variable's small matrix: ``A_i = Σ_k s_k h_k h_kᵀ`` with ``h_k = Gᵀ w_k``.
@@ -282,9 +310,21 @@ class _Block:
         return self.apply(gy.T)
 
     def small(self, dy: np.ndarray) -> sp.csr_matrix:
-        """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``."""
-        w = self.eq * dy[self.ev]
-        return sp.csr_matrix((w, (self.ea, self.eb)), shape=(self.r, self.r))
+        """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``; its pattern is built once."""
+        if self._q_pattern is None:
+            q = sp.csr_matrix((np.arange(1, self.ea.size + 1, dtype=float), (self.ea, self.eb)), shape=(self.r, self.r))
+            q.has_canonical_format = False
+            q.sum_duplicates()
+            # entry k of the pattern sums the entries e with slot[e] == k
+            slot = np.empty(self.ea.size, np.int64)
+            order = np.lexsort((self.eb, self.ea))
+            keys = self.ea[order] * self.r + self.eb[order]
+            first = np.r_[True, keys[1:] != keys[:-1]]
+            slot[order] = np.cumsum(first) - 1
+            self._q_pattern = (q.indptr, q.indices, slot, q.nnz)
+        indptr, indices, slot, nnz = self._q_pattern
+        data = np.bincount(slot, weights=self.eq * dy[self.ev], minlength=nnz)
+        return sp.csr_matrix((data, indices, indptr), shape=(self.r, self.r))
 
     def op(self, dy: np.ndarray) -> np.ndarray:
         """Dense ``Σ_i dy_i A_i`` (d × d)."""
@@ -295,25 +335,30 @@ class _Block:
         """``𝒜(Y)`` from the lifted ``G Y Gᵀ``."""
         return self.PT @ (self.eq * lifted[self.eb, self.ea])
 
-    def adj_from_gk(self, gk: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """``𝒜(K)_i = Σ_e q_e (G K)[b_e] · G[a_e]`` given ``G K`` (r × d); K need not be symmetric."""
+    def adj_rows(self, left: np.ndarray, right: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """``Σ_e q_e left[a_e] · right[b_e]`` for each variable (rows of two r × d matrices).
+
+        With ``left = G P`` and ``right = G Sᵀ`` this is ``𝒜(P S) = ⟨A_i, P S⟩``
+        (``g_aᵀ P S g_b`` summed; the entries are mirrored, :meth:`_mirror_entries`,
+        so P S need not be symmetric and ``𝒜(K) = 𝒜(Kᵀ) = adj_rows(G, G K)``).
+        """
         n_e = self.ea.size
         vals = np.empty(n_e)
         for s in range(0, n_e, chunk):
             e = slice(s, min(s + chunk, n_e))
-            vals[e] = np.einsum("ij,ij->i", gk[self.eb[e]], self.G[self.ea[e]])
+            vals[e] = np.einsum("ij,ij->i", left[self.ea[e]], right[self.eb[e]])
         return self.PT @ (self.eq * vals)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 def _factorable_step(mats, dirs, step):
-    """``M + step·D`` (symmetrised) for each block, shrinking ``step`` by 0.8 (≤ 30 times) until all
-    Cholesky factorisations succeed; returns the new matrices, their factors (None where one
-    still fails) and the step used."""
+    """``M + step·D`` for each block, shrinking ``step`` by 0.8 (≤ 30 times) until all Cholesky
+    factorisations succeed; returns the new matrices, their factors (None where one still fails)
+    and the step used.  Iterates and directions are exactly symmetric (every one is built as a sum
+    of exactly symmetric terms), hence so are the new matrices."""
     for _ in range(30):
         new = [m + step * d for m, d in zip(mats, dirs)]
-        new = [0.5 * (a + a.T) for a in new]
         factors = [_chol(a) for a in new]
         if all(f is not None for f in factors):
             break
@@ -335,32 +380,9 @@ def _inv_from_chol(lo: np.ndarray) -> np.ndarray:
     return inv + np.tril(inv, -1).T
 
 
-def _min_eig_scaled(lo: np.ndarray, dm: np.ndarray) -> float:
-    """Smallest eigenvalue of ``L⁻¹ dM L⁻ᵀ`` (dense up to ``_DENSE_EIG_MAX``, Lanczos above).
-
-    A Lanczos (Ritz) estimate can only over-estimate λ_min, i.e. propose too
-    long a step; callers verify every step with a Cholesky factorisation.
-    """
-    d = lo.shape[0]
-    if d <= _DENSE_EIG_MAX:
-        return float(la.eigvalsh(_scaled(lo, dm), subset_by_index=[0, 0], check_finite=False, driver="evr")[0])
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    lt = np.asfortranarray(lo)
-    trsv = la.get_blas_funcs("trsv", (lt,))
-
-    def matvec(v):
-        w = trsv(lt, np.ravel(v), lower=1, trans=1)  # L⁻ᵀ v
-        w = dm @ w
-        return trsv(lt, w, lower=1, trans=0)  # L⁻¹ (dM L⁻ᵀ v)
-
-    op = LinearOperator((d, d), matvec=matvec, dtype=float)
-    try:
-        val = float(eigsh(op, k=1, which="SA", tol=1e-3, ncv=min(d, 24), return_eigenvectors=False,
-                          maxiter=300)[0])
-    except Exception:  # ARPACK did not converge: dense fallback
-        return float(la.eigvalsh(_scaled(lo, dm), subset_by_index=[0, 0], check_finite=False)[0])
-    return val - 2e-3 * abs(val)
+def _dense_min_eig(lo: np.ndarray, dm: np.ndarray) -> float:
+    """Smallest eigenvalue of ``L⁻¹ dM L⁻ᵀ``, densely (small blocks)."""
+    return float(la.eigvalsh(_scaled(lo, dm), subset_by_index=[0, 0], check_finite=False, driver="evr")[0])
 
 
 def _scaled(lo: np.ndarray, dm: np.ndarray) -> np.ndarray:
@@ -370,38 +392,64 @@ def _scaled(lo: np.ndarray, dm: np.ndarray) -> np.ndarray:
     return 0.5 * (t + t.T)
 
 
-def _lanczos_min(t: np.ndarray, steps: int = _LANCZOS_STEPS) -> np.ndarray:
-    """Smallest Ritz values of a stack of symmetric matrices (B × n × n), batched Lanczos.
+def _lanczos_smallest(matvec, start: np.ndarray, max_steps: int = _LANCZOS_STEPS, tol: float = _LANCZOS_TOL,
+                      floor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest Ritz values and vectors of a stack of symmetric operators, by Lanczos.
 
-    Full re-orthogonalisation (twice); a Ritz value can only over-estimate λ_min,
-    so the result is lowered by the same relative slack as the ARPACK path.
+    ``matvec`` maps a stack of vectors (B × n) to the operators applied to them;
+    ``start`` (B × n) are the starting vectors (a previous Ritz vector makes a
+    good one: the directions of consecutive steps are alike).  Full
+    re-orthogonalisation (twice).  A run stops once the residual bound
+    ``|β_j s_j|`` of its smallest Ritz pair is below ``tol · max(|θ|, floor)``:
+    callers turn θ into a step length ``-1/θ`` capped at 1, so eigenvalues above
+    ``-floor`` need no more accuracy than ``floor`` gives them.
+
+    A Ritz value can only over-estimate λ_min, i.e. propose too long a step
+    (callers verify every step by a Cholesky factorisation); the values are
+    lowered by a relative slack ``_RITZ_SLACK`` towards the true λ_min.
+
+    Returns
+    -------
+    values, vectors
+        Slack-lowered smallest Ritz values (B,) and their unit Ritz vectors (B × n).
     """
-    b, n, _ = t.shape
-    k = min(n, steps)
-    basis = np.zeros((b, k, n))
+    b, n = start.shape
+    k = min(n, max_steps)
+    basis = np.empty((b, k, n))
     alpha = np.zeros((b, k))
     beta = np.zeros((b, k))
-    v = np.random.default_rng(12345).standard_normal((b, n))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = start / np.maximum(np.linalg.norm(start, axis=1, keepdims=True), 1e-300)
     for j in range(k):
         basis[:, j] = v
-        w = np.matmul(t, v[:, :, None])[:, :, 0]
-        alpha[:, j] = np.sum(v * w, axis=1)
+        w = matvec(v)
+        alpha[:, j] = np.einsum("ij,ij->i", v, w)
         done = basis[:, :j + 1]
         for _ in range(2):
             coef = np.matmul(done, w[:, :, None])  # b × (j+1) × 1
-            w -= np.matmul(done.transpose(0, 2, 1), coef)[:, :, 0]
+            w -= np.matmul(coef.transpose(0, 2, 1), done)[:, 0]
         nrm = np.linalg.norm(w, axis=1)
         beta[:, j] = nrm
-        live = nrm > 1e-12 * np.maximum(np.abs(alpha[:, j]), 1e-300)
-        v = np.where(live[:, None], w / np.where(live, nrm, 1.0)[:, None], 0.0)
-    tri = np.zeros((b, k, k))
-    idx = np.arange(k)
+        broken = nrm <= 1e-12 * np.maximum(np.max(np.abs(alpha[:, :j + 1]), axis=1), 1e-300)
+        if j + 1 == k or np.all(broken) or (j + 1 >= _LANCZOS_MIN_STEPS and (j + 1) % 2 == 0):
+            theta, vecs = _tridiagonal_smallest(alpha[:, :j + 1], beta[:, :j])
+            resid = np.abs(nrm * vecs[:, -1])
+            if j + 1 == k or np.all(broken | (resid <= tol * np.maximum(np.abs(theta), floor))):
+                break
+        v = np.where(broken[:, None], 0.0, w / np.where(broken, 1.0, nrm)[:, None])
+    ritz = np.matmul(vecs[:, None, :], basis[:, :vecs.shape[1]])[:, 0]
+    return theta - _RITZ_SLACK * np.abs(theta), ritz
+
+
+def _tridiagonal_smallest(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest eigenpairs of a stack of symmetric tridiagonal matrices (diagonals ``alpha``, ``beta``)."""
+    b, m = alpha.shape
+    tri = np.zeros((b, m, m))
+    idx = np.arange(m)
     tri[:, idx, idx] = alpha
-    tri[:, idx[:-1], idx[1:]] = beta[:, :-1]
-    tri[:, idx[1:], idx[:-1]] = beta[:, :-1]
-    val = np.linalg.eigvalsh(tri)[:, 0]
-    return val - 2e-3 * np.abs(val)
+    tri[:, idx[:-1], idx[1:]] = beta
+    tri[:, idx[1:], idx[:-1]] = beta
+    val, vec = np.linalg.eigh(tri)
+    return val[:, 0], vec[:, :, 0]
 
 
 def _lower_inverse(lo: np.ndarray) -> np.ndarray:
@@ -412,43 +460,78 @@ def _lower_inverse(lo: np.ndarray) -> np.ndarray:
     return np.tril(inv)
 
 
-def _min_eigs_scaled(los: list, dms: list, inverses: dict | None = None) -> list:
-    """:func:`_min_eig_scaled` for every block; equal-sized mid-sized blocks share one batched Lanczos.
-
-    The batched path forms ``L⁻¹ dM L⁻ᵀ`` with stacked matrix products from the
-    explicit inverse factors, kept in ``inverses`` (keyed by the group of blocks)
-    so the predictor and the corrector of one iteration invert each factor once.
-    """
-    out = [None] * len(los)
-    by_size: dict = {}
-    for i, lo in enumerate(los):
-        d = lo.shape[0]
-        if _DENSE_EIG_MAX < d <= _BATCH_EIG_MAX:
-            by_size.setdefault(d, []).append(i)
-        else:
-            out[i] = _min_eig_scaled(lo, dms[i])
-    for idx in by_size.values():
-        if len(idx) == 1:
-            out[idx[0]] = _min_eig_scaled(los[idx[0]], dms[idx[0]])
-            continue
-        key = tuple(idx)
-        inv = None if inverses is None else inverses.get(key)
-        if inv is None:
-            inv = np.stack([_lower_inverse(los[i]) for i in idx])
-            if inverses is not None:
-                inverses[key] = inv
-        t = np.matmul(np.matmul(inv, np.stack([dms[i] for i in idx])), inv.transpose(0, 2, 1))
-        t += t.transpose(0, 2, 1)
-        t *= 0.5
-        vals = _lanczos_min(t)
-        for i, val in zip(idx, vals):
-            out[i] = float(val)
+def _start_vectors(idx: list, n: int, starts: dict | None) -> np.ndarray:
+    """Starting vectors of the blocks ``idx``: their last Ritz vectors plus a little noise (random at first)."""
+    rng = np.random.default_rng(12345 + n)
+    out = rng.standard_normal((len(idx), n)) / np.sqrt(n)
+    if starts is not None:
+        for row, i in enumerate(idx):
+            prev = starts.get(i)
+            if prev is not None:
+                out[row] = prev + 0.05 * out[row]
     return out
 
 
-def _steps_psd(los: list, dms: list, inverses: dict | None = None) -> list:
+def _min_eigs_scaled(los: list, dms: list, inverses: dict | None = None, starts: dict | None = None,
+                     tol: float = _LANCZOS_TOL) -> list:
+    """Smallest eigenvalue of ``L⁻¹ dM L⁻ᵀ`` for every block (``L`` lower Cholesky factors).
+
+    Dense below ``_DENSE_EIG_MAX``; otherwise Lanczos (:func:`_lanczos_smallest`),
+    one batched run for all blocks of one size.  Groups of more than two
+    mid-sized blocks (``≤ _BATCH_EIG_MAX``, e.g. a split MaxMin chain) run on
+    explicit ``L⁻¹ dM L⁻ᵀ``, formed with stacked matrix products from inverse
+    factors kept in ``inverses`` (keyed by the group), so the predictor and the
+    corrector of one iteration invert each factor once.  Other groups (one
+    block's X and Z side, say) apply ``v ↦ L⁻¹ (dM (L⁻ᵀ v))`` with two
+    triangular solves per member.  ``starts`` (block index → vector) carries
+    each block's last Ritz vector between calls, as the next starting vector.
+    """
+    out = [None] * len(los)
+    groups: dict = {}
+    for i, lo in enumerate(los):
+        d = lo.shape[0]
+        if d <= _DENSE_EIG_MAX:
+            out[i] = _dense_min_eig(lo, dms[i])
+        else:
+            groups.setdefault(d, []).append(i)
+    for n, idx in groups.items():
+        if len(idx) > 2 and n <= _BATCH_EIG_MAX:
+            gkey = tuple(idx)
+            inv = None if inverses is None else inverses.get(gkey)
+            if inv is None:
+                inv = np.stack([_lower_inverse(los[i]) for i in idx])
+                if inverses is not None:
+                    inverses[gkey] = inv
+            t = np.matmul(np.matmul(inv, np.stack([dms[i] for i in idx])), inv.transpose(0, 2, 1))
+            t += t.transpose(0, 2, 1)
+            t *= 0.5
+
+            def matvec(v, t=t):
+                return np.matmul(t, v[:, :, None])[:, :, 0]
+        else:
+            ops = []
+            for i in idx:
+                lt = np.asfortranarray(los[i])
+                ops.append((lt, dms[i], la.get_blas_funcs("trsv", (lt,))))
+
+            def matvec(v, ops=ops):
+                out_v = np.empty_like(v)
+                for row, (lt, dm, trsv) in enumerate(ops):
+                    w = trsv(lt, v[row], lower=1, trans=1)  # L⁻ᵀ v
+                    out_v[row] = trsv(lt, dm @ w, lower=1, trans=0)  # L⁻¹ dM L⁻ᵀ v
+                return out_v
+        vals, vecs = _lanczos_smallest(matvec, _start_vectors(idx, n, starts), tol=tol)
+        for row, i in enumerate(idx):
+            out[i] = float(vals[row])
+            if starts is not None:
+                starts[i] = vecs[row]
+    return out
+
+
+def _steps_psd(los: list, dms: list, inverses: dict | None = None, starts: dict | None = None,
+               tol: float = _LANCZOS_TOL) -> list:
     """Largest steps keeping each ``M_b + α dM_b`` PSD (``inf`` where dM_b ⪰ 0)."""
-    return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms, inverses)]
+    return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms, inverses, starts, tol)]
 
 
 def _schur_bandwidth(blocks, n: int) -> int:
@@ -599,14 +682,16 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     best = None
     stall = 0
     lx = lz = None
+    ritz = {}  # last Ritz vectors of the step-length problems (X blocks, then Z blocks): next starting vectors
     dual_feasible = False
+    fy = None
     t0 = time.perf_counter()
     for it in range(max_iters + 1):
         # ---- residuals
-        fy = [blk.F0 + blk.op(y) for blk in blocks]
+        if fy is None:  # F(y); afterwards updated by each step's α_d Σ Δy_i A_i
+            fy = [blk.F0 + blk.op(y) for blk in blocks]
         if dual_feasible:  # Z is F(y) itself (the residual would only be rounding)
             Z = fy
-            lz = None
             rd = [None] * len(blocks)
             z_l = y[nn].copy()
         else:
@@ -678,20 +763,15 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         rd_rhs = np.zeros(n)
         for blk, wz in zip(blocks, rd_wz):
             if wz is not None:
-                rd_rhs += blk.adj_from_gk(blk.apply(wz))
+                rd_rhs += blk.adj_rows(blk.G, blk.apply(wz))
 
         def direction(sig_mu, corr_x, corr_l):
             """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, Δx_p Δz_p) or None."""
             rhs = rd_rhs - c
-            ws = []
             for k, blk in enumerate(blocks):
                 # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
-                wz = rd_wz[k]
-                if corr_x is not None:
-                    cz = -corr_x[k] @ zinv[k]
-                    rhs += blk.adj_from_gk(blk.apply(cz))
-                    wz = cz if wz is None else wz + cz
-                ws.append(wz)
+                if corr_x is not None:  # 𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]
+                    rhs -= blk.adj_rows(blk.apply(corr_x[k]), gzi[k])
                 if sig_mu:
                     rhs += sig_mu * blk.adj_lifted(v[k])
             if n_l:
@@ -700,14 +780,19 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                     t -= corr_l / z_l
                 rhs[nn] += t
             dy = solve_m(rhs)
-            dz, dx = [], []
+            dz, dx, dzys = [], [], []
             for k, blk in enumerate(blocks):
                 dzy = blk.op(dy)
+                dzys.append(dzy)
                 dzk = dzy if rd[k] is None else rd[k] + dzy
-                # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:  = sym(W Z⁻¹ − X ΔZ_y Z⁻¹) + σμZ⁻¹ − X
-                dxk = -(X[k] @ dzy) @ zinv[k]
-                if ws[k] is not None:
-                    dxk += ws[k]
+                # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:
+                #    = sym(−X Rd Z⁻¹ − (X ΔZ_y + corr) Z⁻¹) + σμZ⁻¹ − X
+                xdz = X[k] @ dzy
+                if corr_x is not None:
+                    xdz += corr_x[k]
+                dxk = -(xdz @ zinv[k])
+                if rd_wz[k] is not None:
+                    dxk += rd_wz[k]
                 dxk = 0.5 * (dxk + dxk.T) - X[k]
                 if sig_mu:
                     dxk += sig_mu * zinv[k]
@@ -715,18 +800,20 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                 dx.append(dxk)
             dzl = rd_l + dy[nn] if n_l else np.zeros(0)
             dxl = (sig_mu - x_l * z_l - x_l * dzl - (corr_l if corr_l is not None else 0.0)) / z_l if n_l else np.zeros(0)
-            return dy, dx, dz, dxl, dzl
+            return dy, dx, dz, dxl, dzl, dzys
 
-        inv_x, inv_z = {}, {}  # inverse factors of this iteration's X and Z (batched step lengths)
+        inverses = {}  # inverse factors of this iteration's X and Z (batched step lengths)
 
-        def steps(dx, dz, dxl, dzl):
-            ap = min(_steps_psd(lx, dx, inv_x) + [_step_lp(x_l, dxl)])
-            ad = min(_steps_psd(lz, dz, inv_z) + [_step_lp(z_l, dzl)])
+        def steps(dx, dz, dxl, dzl, tol):
+            """Step lengths of X (blocks 0..B-1 of one Lanczos call) and Z (blocks B..2B-1)."""
+            both = _steps_psd(lx + lz, dx + dz, inverses, ritz, tol)
+            ap = min(both[:len(blocks)] + [_step_lp(x_l, dxl)])
+            ad = min(both[len(blocks):] + [_step_lp(z_l, dzl)])
             return ap, ad
 
         try:
-            dy, dx, dz, dxl, dzl = direction(0.0, None, None)
-            ap, ad = steps(dx, dz, dxl, dzl)
+            dy, dx, dz, dxl, dzl, _ = direction(0.0, None, None)
+            ap, ad = steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL)
             ap1, ad1 = min(1.0, ap), min(1.0, ad)
             gap_aff = sum(float(np.vdot(x + ap1 * a, z + ad1 * b)) for x, a, z, b in zip(X, dx, Z, dz))
             if n_l:
@@ -735,8 +822,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             sigma = min(1.0, max(0.0, gap_aff / gap)) ** expon
             corr_x = [a @ b for a, b in zip(dx, dz)]
             corr_l = dxl * dzl if n_l else None
-            dy, dx, dz, dxl, dzl = direction(sigma * mu, corr_x, corr_l)
-            ap, ad = steps(dx, dz, dxl, dzl)
+            dy, dx, dz, dxl, dzl, dzys = direction(sigma * mu, corr_x, corr_l)
+            ap, ad = steps(dx, dz, dxl, dzl, _LANCZOS_TOL)
         except (la.LinAlgError, ValueError) as exc:
             last_status = "numerical"
             if verbose:
@@ -763,10 +850,13 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             last_status = "stalled"
             break
         X = newx
-        Z = newz
         y = y + ad * dy
+        fy = [f + ad * g for f, g in zip(fy, dzys)]
+        # once dual feasible, Z was F(y) and both moved by α_d ΔZ_y: newz equals fy entry by entry
+        Z = fy if dual_feasible else newz
         if ad == 1.0 and not dual_feasible and _EXACT_DUAL:
             dual_feasible = True  # Z = F(y) from now on (exactly, up to rounding)
+            Z = fy
             lz = None
         if n_l:
             x_l = x_l + ap * dxl
@@ -805,34 +895,12 @@ def solve_with_ipm(sdp: SDP, tol: float = 1e-8, accept_tol: float = 1e-7, max_it
 
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
-    with _blas_threads(1 if max(b.dim for b in sdp.blocks) < 1200 else None):
+    with blas_threads(1 if max(b.dim for b in sdp.blocks) < 1200 else None), heap_reuse():
         res = ipm_solve(sdp, tol=tol, accept_tol=accept_tol, max_iters=max_iters, verbose=verbose)
     elapsed = time.perf_counter() - start
     return SolveResult(res.y, "optimal", float(sdp.objective @ res.y), "ipm", elapsed,
                        {"iterations": res.iterations, "rel_gap": res.rel_gap, "primal_infeasibility":
                         res.primal_infeasibility, "dual_infeasibility": res.dual_infeasibility})
-
-
-class _blas_threads:
-    """Limit BLAS threads (small blocks: threading overhead dominates, badly so on a busy machine)."""
-
-    def __init__(self, n: int | None):
-        self.n, self.ctl = n, None
-
-    def __enter__(self):
-        if self.n is not None:
-            try:
-                from threadpoolctl import threadpool_limits
-
-                self.ctl = threadpool_limits(limits=self.n, user_api="blas")
-            except Exception:  # threadpoolctl missing or unsupported: run as is
-                self.ctl = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.ctl is not None:
-            self.ctl.unregister()
-        return False
 
 
 def _available() -> str | None:

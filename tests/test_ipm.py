@@ -169,11 +169,36 @@ def test_lifted_operators_match_dense_coefficients():
     y = np.random.default_rng(0).normal(size=sdp.n_vars)
     dense = (blk.coefficients(sdp.n_vars) @ y).reshape(blk.dim, blk.dim, order="F")
     assert np.allclose(lifted.op(y), 0.5 * (dense + dense.T), atol=1e-12)
-    # 𝒜(K) = Kᵀ vec(K) for a random (non-symmetric) K
-    k = np.random.default_rng(1).normal(size=(blk.dim, blk.dim))
+    # 𝒜(K) = Kᵀ vec(K) for a random (non-symmetric) K, and 𝒜(P S) from the rows of G P and G Sᵀ
+    rng = np.random.default_rng(1)
+    k = rng.normal(size=(blk.dim, blk.dim))
     ref = np.asarray(blk.coefficients(sdp.n_vars).T @ k.ravel(order="F")).ravel()
-    assert np.allclose(lifted.adj_from_gk(lifted.apply(k)), ref, atol=1e-10)
+    assert np.allclose(lifted.adj_rows(lifted.G, lifted.apply(k)), ref, atol=1e-10)
+    p, s = rng.normal(size=(2, blk.dim, blk.dim))
+    ref_ps = np.asarray(blk.coefficients(sdp.n_vars).T @ (p @ s).ravel(order="F")).ravel()
+    assert np.allclose(lifted.adj_rows(lifted.apply(p), lifted.apply(s.T)), ref_ps, atol=1e-10)
     assert sp.issparse(lifted.P)
+
+
+def test_unmirrored_entries_act_through_their_symmetric_part():
+    """A term whose small matrix is stored one-sided (q at (0, 1) only) acts as sym(A): op, 𝒜, Schur."""
+    from lipsdp.ipm import _Block
+
+    rng = np.random.default_rng(3)
+    d = 4
+    lift = rng.normal(size=(2, d))
+    basis = sp.csc_matrix(([1.5], ([0 + 1 * 2], [0])), shape=(4, 1))  # Q[0, 1] = 1.5, Q[1, 0] = 0
+    blk = LMIBlock(d, np.eye(d), (QuadTerm(lift, basis, np.array([0]), +1.0),), "one-sided")
+    lifted = _Block(blk, 1)
+    a = 1.5 * np.outer(lift[0], lift[1])
+    a_sym = 0.5 * (a + a.T)
+    assert np.allclose(lifted.op(np.array([1.0])), a_sym, atol=1e-12)
+    k = rng.normal(size=(d, d))
+    assert np.allclose(lifted.adj_rows(lifted.G, lifted.apply(k)), [np.sum(a_sym * k)], atol=1e-12)
+    x = np.eye(d) + 0.1 * np.ones((d, d))
+    m = np.zeros((1, 1))
+    lifted.schur_factored(lifted.lifted(x), lifted.lifted(x), m)
+    assert np.isclose(m[0, 0], np.trace(a_sym @ x @ a_sym @ x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "maxmin", "maxmin_chain"])
@@ -214,8 +239,8 @@ def test_factored_schur_complement_is_exact(activation, granularity, spread):
 
 
 def test_batched_lanczos_bounds_the_smallest_eigenvalue():
-    """The batched Ritz values never lie below λ_min by more than their slack, and are close to it."""
-    from lipsdp.ipm import _lanczos_min, _min_eigs_scaled
+    """Batched Ritz values never lie below λ_min by more than their slack, and are close to it."""
+    from lipsdp.ipm import _lanczos_smallest, _min_eigs_scaled
 
     rng = np.random.default_rng(11)
     mats = []
@@ -223,27 +248,41 @@ def test_batched_lanczos_bounds_the_smallest_eigenvalue():
         a = rng.normal(size=(150, 150))
         mats.append(0.5 * (a + a.T))
     exact = np.array([np.linalg.eigvalsh(m)[0] for m in mats])
-    ritz = _lanczos_min(np.stack(mats))
+    stack = np.stack(mats)
+    ritz, vecs = _lanczos_smallest(lambda v: np.matmul(stack, v[:, :, None])[:, :, 0], rng.normal(size=(6, 150)),
+                                   max_steps=60, tol=1e-4)
     assert np.all(ritz >= exact - 3e-3 * np.abs(exact))  # a Ritz value minus its 2e-3 slack
     assert np.all(ritz <= exact + 0.05 * np.abs(exact))  # and converged to a few per cent
-    # through the scaled interface: L⁻¹ dM L⁻ᵀ with L the Cholesky factor of an SPD matrix
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0)
+    # through the scaled interface: L⁻¹ dM L⁻ᵀ with L the Cholesky factor of an SPD matrix;
+    # four equal-sized blocks (explicit scaled matrices) and two of another size (triangular solves)
     los, dms, want = [], [], []
-    for _ in range(4):
-        b = rng.normal(size=(140, 140))
-        spd = b @ b.T + 140 * np.eye(140)
+    for size in (140, 140, 140, 140, 120, 120):
+        b = rng.normal(size=(size, size))
+        spd = b @ b.T + size * np.eye(size)
         lo = np.linalg.cholesky(spd)
-        dm = rng.normal(size=(140, 140))
+        dm = rng.normal(size=(size, size))
         dm = dm + dm.T
         los.append(lo)
         dms.append(dm)
         want.append(np.linalg.eigvalsh(np.linalg.solve(lo, np.linalg.solve(lo, dm).T))[0])
     got = np.array(_min_eigs_scaled(los, dms))
+    assert np.all(got >= np.array(want) - 3e-3 * np.abs(want))
     assert np.allclose(got, want, rtol=0.05), (got, want)
     # the inverse factors kept between the predictor's and the corrector's call give the same values
-    inverses = {}
+    inverses, starts = {}, {}
     first = _min_eigs_scaled(los, dms, inverses)
     assert len(inverses) == 1
     assert _min_eigs_scaled(los, dms, inverses) == first == list(got)
+    # warm starts from the previous Ritz vectors: a perturbed direction is still bounded and close
+    _min_eigs_scaled(los, dms, None, starts)
+    assert sorted(starts) == list(range(6))
+    dms2 = [dm + 0.05 * np.diag(rng.normal(size=dm.shape[0])) for dm in dms]
+    want2 = np.array([np.linalg.eigvalsh(np.linalg.solve(lo, np.linalg.solve(lo, dm).T))[0]
+                      for lo, dm in zip(los, dms2)])
+    warm = np.array(_min_eigs_scaled(los, dms2, None, starts))
+    assert np.all(warm >= want2 - 3e-3 * np.abs(want2))
+    assert np.allclose(warm, want2, rtol=0.05), (warm, want2)
 
 
 def test_banded_schur_solver_matches_dense():
