@@ -67,7 +67,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
-from .runtime import blas_threads, heap_reuse
+from .runtime import blas_threads, heap_reuse, threads_for_size
 from .sdp import SDP
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -269,6 +269,26 @@ class _Block:
             out[idx, idx] += red
         else:
             out[np.ix_(idx, idx)] += red
+
+    def diagonal_coefficients(self, chunk_bytes: int = 1 << 25) -> sp.csc_matrix:
+        """Sparse (n_vars × d) matrix of the diagonals: entry (i, p) is ``A_i[p, p] = Σ_{e∈i} q_e G[a_e, p] G[b_e, p]``.
+
+        Exact zeros (structurally absent coefficients, or sums that cancel exactly) are dropped.
+        """
+        rows, cols, vals = [], [], []
+        step = max(1, chunk_bytes // (8 * max(self.dim, 1)))
+        for s in range(0, self.ea.size, step):
+            e = slice(s, min(s + step, self.ea.size))
+            prod = self.eq[e, None] * self.G[self.ea[e]] * self.G[self.eb[e]]
+            r, c = np.nonzero(prod)
+            rows.append(self.ev[e][r])
+            cols.append(c)
+            vals.append(prod[r, c])
+        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+        out = sp.csc_matrix((cat(vals, float), (cat(rows, np.int64), cat(cols, np.int64))), shape=(self.n_vars, self.dim))
+        out.sum_duplicates()
+        out.eliminate_zeros()
+        return out
 
     # -- lifted linear algebra
     def apply(self, y: np.ndarray) -> np.ndarray:
@@ -534,6 +554,29 @@ def _steps_psd(los: list, dms: list, inverses: dict | None = None, starts: dict 
     return [np.inf if lam >= 0 else -1.0 / lam for lam in _min_eigs_scaled(los, dms, inverses, starts, tol)]
 
 
+def _implied_nonnegative(blocks, candidates: np.ndarray) -> np.ndarray:
+    """The variables among ``candidates`` whose bound ``y_i ≥ 0`` an LMI block already implies.
+
+    That is so when some block has a diagonal entry p that only y_i reaches,
+    ``Z_pp = F⁰_pp + y_i A_i[p, p]`` with ``A_i[p, p] > 0 ≥ F⁰_pp``: then
+    ``Z ⪰ 0 ⇒ Z_pp ≥ 0 ⇒ y_i ≥ −F⁰_pp / A_i[p, p] ≥ 0``.  Dropping the bound from
+    the LP cone leaves the feasible set as it is; it spares the method a cone
+    whose complementarity slows it down (LipSDP-Neuron: the −2λ_j diagonal of
+    every hidden neuron and the ρ I of the inputs imply all of its bounds, and
+    the iteration count drops by 10–20 %).  "Only y_i" is decided on exact zeros
+    of the other coefficients, so a rounding-size coefficient keeps the bound.
+    """
+    implied = np.zeros(candidates.size, bool)
+    for blk in blocks:
+        diag = blk.diagonal_coefficients()  # CSC, n × d
+        counts = np.diff(diag.indptr)
+        for p in np.flatnonzero(counts == 1):
+            i = diag.indices[diag.indptr[p]]
+            if candidates[i] and diag.data[diag.indptr[p]] > 0 and blk.F0[p, p] <= 0:
+                implied[i] = True
+    return implied
+
+
 def _schur_bandwidth(blocks, n: int) -> int:
     """Half-bandwidth of the Schur complement: a block couples only the variables it uses.
 
@@ -642,12 +685,14 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     n = sdp.n_vars
     c = np.asarray(sdp.objective, float)
     blocks = [_Block(b, n) for b in sdp.blocks]
-    nn = np.flatnonzero(np.asarray(sdp.nonneg, bool))
-    n_l = nn.size
+    nonneg = np.asarray(sdp.nonneg, bool)
     used = np.zeros(n, bool)
     for blk in blocks:
         used[blk.vars_used] = True
-    used[nn] = True
+    used[nonneg] = True
+    implied = _implied_nonnegative(blocks, nonneg)
+    nn = np.flatnonzero(nonneg & ~implied)  # the LP cone keeps only the bounds the LMIs do not imply
+    n_l = nn.size
     if not np.all(used | (c == 0)):
         raise SolverFailedError("a variable with a non-zero cost appears in no constraint: the SDP is unbounded",
                                 "infeasible")
@@ -878,6 +923,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                 f"ipm {what}; best iterate: rel. gap {rel_gap:.2e}, primal inf. {pinf:.2e}, dual inf. {dinf:.2e}",
                 last_status,
             )
+    yb[implied] = np.maximum(yb[implied], 0.0)  # > 0 at any interior iterate; guards against rounding
     return IPMResult(yb, xb, last_status, itb, pobj, dobj, rel_gap, pinf, dinf, history)
 
 
@@ -895,7 +941,7 @@ def solve_with_ipm(sdp: SDP, tol: float = 1e-8, accept_tol: float = 1e-7, max_it
 
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
-    with blas_threads(1 if max(b.dim for b in sdp.blocks) < 1200 else None), heap_reuse():
+    with blas_threads(threads_for_size(max(b.dim for b in sdp.blocks))), heap_reuse():
         res = ipm_solve(sdp, tol=tol, accept_tol=accept_tol, max_iters=max_iters, verbose=verbose)
     elapsed = time.perf_counter() - start
     return SolveResult(res.y, "optimal", float(sdp.objective @ res.y), "ipm", elapsed,

@@ -27,6 +27,7 @@ from .decompose import rho_reaches_every_block
 from .errors import CertificationError, NotApplicableError, UnknownMethodError
 from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .runtime import blas_threads, heap_reuse, threads_for_size
 from .solvers import solve
 
 
@@ -166,6 +167,20 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
     start = time.perf_counter()
     if _has_zero_layer(net):
         return _zero_bound(method, start, 2)
+    # reductions, solve and certification of a small LMI run single-threaded and on reused heap memory
+    with blas_threads(threads_for_size(_size_hint(net))), heap_reuse():
+        return _solve_and_certify(net, method, build_reduced, build_original, start, solver=solver, reduce=reduce,
+                                  closed_form=closed_form, transfer=transfer, **options)
+
+
+def _size_hint(net: Network) -> int:
+    """An upper estimate of the LMI size: the input width plus every layer's output width."""
+    return int(net.input_dim + sum(getattr(layer, "out_dim", 0) for layer in net.layers))
+
+
+def _solve_and_certify(net: Network, method: str, build_reduced, build_original, start: float, *, solver, reduce,
+                       closed_form, transfer, **options) -> LipschitzBound:
+    """The body of :func:`solve_and_certify` (inside its thread and heap settings)."""
     normalisation = None
     work = net
     if reduce and net.is_feedforward:

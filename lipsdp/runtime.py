@@ -15,12 +15,19 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial mmap and trim thresholds
 
+# below this matrix size BLAS runs single-threaded (threading overhead dominates, badly so on a busy machine)
+SINGLE_THREAD_BELOW = 1200
+
+_heap_depth = 0  # nesting depth of heap_reuse (only the outermost context changes the settings)
+
+
+def threads_for_size(size: int) -> int | None:
+    """BLAS threads for dense work on ``size × size`` matrices: 1 when small, else all (None)."""
+    return 1 if size < SINGLE_THREAD_BELOW else None
+
 
 class blas_threads:
-    """Limit BLAS threads (small blocks: threading overhead dominates, badly so on a busy machine).
-
-    ``n = None`` leaves the thread count as it is.
-    """
+    """Limit BLAS threads to ``n`` (see :func:`threads_for_size`); ``n = None`` leaves them as they are."""
 
     def __init__(self, n: int | None):
         self.n, self.ctl = n, None
@@ -64,8 +71,10 @@ class heap_reuse:
     context the mmap and trim thresholds are raised so freed blocks are reused;
     on exit they are set back to glibc's initial 128 KiB and the heap is trimmed,
     so the memory goes back to the system.  (glibc's dynamic adaptation of the
-    thresholds stays off after a ``mallopt`` call.)  Elsewhere than glibc, or with
-    the environment variable ``LIPSDP_HEAP_REUSE=0``, it does nothing.
+    thresholds stays off after a ``mallopt`` call.)  Nested contexts leave the
+    settings to the outermost one; not meant for concurrent threads.  Elsewhere
+    than glibc, or with the environment variable ``LIPSDP_HEAP_REUSE=0``, it does
+    nothing.
     """
 
     def __init__(self, limit: int = 1 << 30):
@@ -73,14 +82,21 @@ class heap_reuse:
         self.libc = None
 
     def __enter__(self):
-        libc = _glibc()
-        if libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, self.limit) and libc.mallopt(_M_TRIM_THRESHOLD, self.limit):
-            self.libc = libc
+        global _heap_depth
+        if _heap_depth == 0:
+            libc = _glibc()
+            if libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, self.limit) \
+                    and libc.mallopt(_M_TRIM_THRESHOLD, self.limit):
+                self.libc = libc
+        _heap_depth += 1
         return self
 
     def __exit__(self, *exc):
+        global _heap_depth
+        _heap_depth -= 1
         if self.libc is not None:
             self.libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
             self.libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
             self.libc.malloc_trim(0)
+            self.libc = None
         return False

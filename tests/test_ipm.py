@@ -302,3 +302,29 @@ def test_banded_schur_solver_matches_dense():
     dense = _SchurSolver(m, n - 1)
     assert dense.band is None and dense.lo is not None
     assert np.allclose(solver.solve(rhs), dense.solve(rhs), rtol=1e-10, atol=1e-14)
+
+
+def test_implied_bounds_are_detected_only_when_provable():
+    """y_i ≥ 0 leaves the LP cone only when a diagonal entry reached by y_i alone implies it."""
+    from lipsdp.ipm import _Block, _implied_nonnegative
+
+    # LipSDP-Neuron (ReLU): −2λ_j on every hidden diagonal and ρ on the inputs imply every bound
+    net = random_network(31, max_hidden=3, max_width=7)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    blocks = [_Block(b, sdp.n_vars) for b in sdp.blocks]
+    nonneg = np.asarray(sdp.nonneg, bool)
+    assert nonneg.any() and np.array_equal(_implied_nonnegative(blocks, nonneg), nonneg)
+    # diag(y0, y0 + y1) with F⁰ = diag(−1, 0): y0 ≥ 1 > 0 is implied, y1 (shares its only diagonal) is not
+    basis = identity_basis(1)
+    terms = [QuadTerm(selector(1, 2, 0), basis, np.array([0]), +1.0),
+             QuadTerm(selector(1, 2, 1), basis, np.array([0]), +1.0),
+             QuadTerm(selector(1, 2, 1), basis, np.array([1]), +1.0)]
+    two = _one_block(np.diag([-1.0, 0.0]), terms, 2, [True, True], [1.0, 1.0])
+    got = _implied_nonnegative([_Block(b, 2) for b in two.blocks], np.array([True, True]))
+    assert got.tolist() == [True, False]
+    # a positive constant on the diagonal (y0 ≥ −1 only) implies nothing
+    loose = _one_block(np.diag([1.0, 0.0]), terms[:1], 2, [True, False], [1.0, 0.0])
+    assert not _implied_nonnegative([_Block(b, 2) for b in loose.blocks], np.array([True, False])).any()
+    # and the solve with the bound in the cone (y1) keeps it: min y0 + y1 → y = (1, 0)
+    res = ipm_solve(two)
+    assert res.y[1] >= -1e-9 and abs(res.y[0] - 1.0) < 1e-6
