@@ -67,7 +67,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
-from .runtime import blas_threads, heap_reuse, threads_for_size
+from .runtime import blas_threads, heap_reuse, matmul, split_products, threads_for_size
 from .sdp import SDP
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -296,7 +296,10 @@ class _Block:
         out = np.empty((self.r, y.shape[1]))
         for g in self.groups:
             part = y[g.cols]
-            out[g.start:g.stop] = part if g.D is None else g.D @ part
+            if g.D is None:
+                out[g.start:g.stop] = part
+            else:
+                matmul(g.D, part, out=out[g.start:g.stop])
         return out
 
     def apply_t(self, b: np.ndarray) -> np.ndarray:
@@ -310,7 +313,7 @@ class _Block:
                 else:
                     np.add.at(out, g.cols, part)
             else:
-                contrib = g.D.T @ part
+                contrib = matmul(g.D.T, part)
                 if isinstance(g.cols, slice):
                     out[g.cols] += contrib
                 else:
@@ -804,7 +807,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             break
 
         # the dual-residual part of W Z⁻¹ (W = σμI − X Rd − corr) and its 𝒜, shared by predictor and corrector
-        rd_wz = [None if r is None else -(x @ r) @ zi for x, r, zi in zip(X, rd, zinv)]
+        rd_wz = [None if r is None else -matmul(matmul(x, r), zi) for x, r, zi in zip(X, rd, zinv)]
         rd_rhs = np.zeros(n)
         for blk, wz in zip(blocks, rd_wz):
             if wz is not None:
@@ -832,10 +835,11 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                 dzk = dzy if rd[k] is None else rd[k] + dzy
                 # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:
                 #    = sym(−X Rd Z⁻¹ − (X ΔZ_y + corr) Z⁻¹) + σμZ⁻¹ − X
-                xdz = X[k] @ dzy
+                xdz = matmul(X[k], dzy)
                 if corr_x is not None:
                     xdz += corr_x[k]
-                dxk = -(xdz @ zinv[k])
+                dxk = matmul(xdz, zinv[k])
+                np.negative(dxk, out=dxk)
                 if rd_wz[k] is not None:
                     dxk += rd_wz[k]
                 dxk = 0.5 * (dxk + dxk.T) - X[k]
@@ -865,7 +869,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                 gap_aff += float((x_l + ap1 * dxl) @ (z_l + ad1 * dzl))
             expon = max(1.0, 3 * min(ap1, ad1) ** 2)
             sigma = min(1.0, max(0.0, gap_aff / gap)) ** expon
-            corr_x = [a @ b for a, b in zip(dx, dz)]
+            corr_x = [matmul(a, b) for a, b in zip(dx, dz)]
             corr_l = dxl * dzl if n_l else None
             dy, dx, dz, dxl, dzl, dzys = direction(sigma * mu, corr_x, corr_l)
             ap, ad = steps(dx, dz, dxl, dzl, _LANCZOS_TOL)
@@ -941,7 +945,8 @@ def solve_with_ipm(sdp: SDP, tol: float = 1e-8, accept_tol: float = 1e-7, max_it
 
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
-    with blas_threads(threads_for_size(max(b.dim for b in sdp.blocks))), heap_reuse():
+    threads = threads_for_size(max(b.dim for b in sdp.blocks))
+    with blas_threads(threads), split_products(threads == 1), heap_reuse():
         res = ipm_solve(sdp, tol=tol, accept_tol=accept_tol, max_iters=max_iters, verbose=verbose)
     elapsed = time.perf_counter() - start
     return SolveResult(res.y, "optimal", float(sdp.objective @ res.y), "ipm", elapsed,

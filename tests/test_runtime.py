@@ -1,0 +1,60 @@
+"""The process-level helpers around the dense kernels: split products, BLAS threads, heap reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsdp import runtime
+from lipsdp.runtime import blas_threads, heap_reuse, matmul, split_products
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 250), (301, 64, 257), (40, 500, 500)])
+def test_split_products_equal_plain_products(shape):
+    """Two row halves on two threads give the plain product (into ``out`` too), for views as well."""
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+    ref = a @ b
+    with blas_threads(1), split_products(True):
+        got = matmul(a, b)
+        out = np.full((m + 3, n), np.nan)
+        into = matmul(a, b, out=out[2:m + 2])
+        transposed = matmul(np.ascontiguousarray(a.T).T, b)  # F-ordered left factor
+    assert np.allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert into.base is out and np.allclose(out[2:m + 2], ref, rtol=1e-12, atol=1e-12)
+    assert np.isnan(out[:2]).all() and np.isnan(out[m + 2:]).all()
+    assert np.allclose(transposed, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_split_products_context_nests_and_restores():
+    """Products split only inside the (nestable) context; the depth returns to where it was."""
+    depth = runtime._split_depth
+    with split_products(True) as outer:
+        with split_products(True):
+            inner_depth = runtime._split_depth
+        assert runtime._split_depth == depth + (1 if outer.active else 0)
+    assert runtime._split_depth == depth
+    if runtime.available_cores() >= 2:
+        assert inner_depth == depth + 2
+    with split_products(False):
+        assert runtime._split_depth == depth
+
+
+def test_split_products_propagate_errors():
+    """A shape mismatch raises the product's own error, inside the context as outside."""
+    a, b = np.ones((400, 300)), np.ones((200, 100))
+    with split_products(True), pytest.raises(ValueError):
+        matmul(a, b)
+    with pytest.raises(ValueError):
+        matmul(a, b)
+
+
+def test_heap_reuse_nests():
+    """Nested heap_reuse contexts leave the settings to the outermost one and compute normally."""
+    with heap_reuse():
+        with heap_reuse():
+            x = np.ones((600, 600)) @ np.ones((600, 10))
+        assert runtime._heap_depth >= 1
+    assert runtime._heap_depth == 0
+    assert np.all(x == 600.0)
