@@ -30,6 +30,7 @@ SPLIT_MIN_FLOPS = 1e7
 _split_depth = 0  # nesting depth of split_products (0: products run as plain np.matmul)
 _split_lock = threading.Lock()
 _split_pool: ThreadPoolExecutor | None = None
+_split_pool_pid = 0  # the process that started the worker (a forked child has no worker thread)
 
 
 def threads_for_size(size: int) -> int | None:
@@ -77,18 +78,17 @@ class split_products:
     single-threaded halves of a product on two Python threads take 0.39 ms
     instead of 0.66 ms (numpy's ``matmul`` releases the GIL).  ``enabled`` False,
     or a single available core, leaves products as they are.  Nested contexts
-    count; the worker thread is started once and kept.
+    count; the worker thread is started on first use and kept (a forked child
+    starts its own: the parent's thread does not exist there).
     """
 
     def __init__(self, enabled: bool = True):
         self.active = bool(enabled) and available_cores() >= 2
 
     def __enter__(self):
-        global _split_depth, _split_pool
+        global _split_depth
         if self.active:
             with _split_lock:
-                if _split_pool is None:
-                    _split_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsdp-split")
                 _split_depth += 1
         return self
 
@@ -98,6 +98,16 @@ class split_products:
             with _split_lock:
                 _split_depth -= 1
         return False
+
+
+def _split_worker() -> ThreadPoolExecutor:
+    """The worker thread of this process (started on first use, again after a fork)."""
+    global _split_pool, _split_pool_pid
+    with _split_lock:
+        if _split_pool is None or _split_pool_pid != os.getpid():
+            _split_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsdp-split")
+            _split_pool_pid = os.getpid()
+        return _split_pool
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -111,7 +121,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
     half = m // 2
-    lower = _split_pool.submit(np.matmul, a[half:], b, out=out[half:])
+    lower = _split_worker().submit(np.matmul, a[half:], b, out=out[half:])
     np.matmul(a[:half], b, out=out[:half])
     lower.result()
     return out

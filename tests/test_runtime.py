@@ -58,3 +58,30 @@ def test_heap_reuse_nests():
         assert runtime._heap_depth >= 1
     assert runtime._heap_depth == 0
     assert np.all(x == 600.0)
+
+
+def _split_product_in_child(conn):
+    with blas_threads(1), split_products(True):
+        conn.send(float(matmul(np.ones((300, 300)), np.ones((300, 300)))[0, 0]))
+
+
+@pytest.mark.skipif(runtime.available_cores() < 2, reason="split products need two cores")
+def test_split_products_work_in_a_forked_child():
+    """A child forked after the parent started its worker thread starts its own (no deadlock)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    with split_products(True):
+        matmul(np.ones((300, 300)), np.ones((300, 300)))  # the parent's worker now exists
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_split_product_in_child, args=(child,))
+    proc.start()
+    try:
+        assert parent.poll(60), "the forked child hung on a split product"
+        assert parent.recv() == 300.0
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
