@@ -87,6 +87,24 @@ def test_wider_random_net_raw_objective():
     assert a.info["iterations"] < 40
 
 
+def test_split_products_leave_the_solve_unchanged(monkeypatch):
+    """Above the split threshold (d ≈ 270: every dense d × d product) the two-thread products give
+    the single-thread optimum (the halves round alike, up to BLAS blocking)."""
+    from lipsdp import runtime
+
+    rng = np.random.default_rng(11)
+    widths = [30, 120, 120, 5]
+    ws = [rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k]) for k in range(len(widths) - 1)]
+    work, _ = fm.normalise_chain(lipsdp.Network.from_weights(ws))
+    sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
+    assert 2.0 * sdp.blocks[0].dim ** 3 >= runtime.SPLIT_MIN_FLOPS
+    split = solve_with_ipm(sdp)
+    monkeypatch.setattr(runtime, "SPLIT_MIN_FLOPS", float("inf"))
+    plain = solve_with_ipm(sdp)
+    assert abs(split.objective - plain.objective) <= 1e-8 * abs(plain.objective)
+    assert abs(split.info["iterations"] - plain.info["iterations"]) <= 1
+
+
 @pytest.mark.parametrize("name", ["random_weights.mat", "mnist_weights.mat"])
 def test_anchor_nets(name):
     weights = load_anchor_weights("lipsdp", name)
