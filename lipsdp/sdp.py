@@ -20,6 +20,9 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+# a lift filling at least this fraction of (rows × its columns) is multiplied as a dense panel
+_DENSE_PANEL_FILL = 0.05
+
 
 @dataclass(frozen=True, eq=False)
 class QuadTerm:
@@ -57,15 +60,43 @@ class QuadTerm:
 
     def evaluate(self, y: np.ndarray, absolute: bool = False) -> np.ndarray:
         """Dense ``sign · Gᵀ Q(y) G`` (or ``|G|ᵀ |Q| |G|``)."""
+        d = self.lift.shape[1]
+        out = np.zeros((d, d))
+        self.add_to(out, y, absolute)
+        return out
+
+    def add_to(self, out: np.ndarray, y: np.ndarray, absolute: bool = False) -> None:
+        """Add ``sign · Gᵀ Q(y) G`` (or ``|G|ᵀ |Q(y)| |G|``) into the dense ``out`` (d × d).
+
+        A term whose variables are all zero at ``y`` adds exactly nothing and is
+        skipped.  A lift that is dense on its column support (weight rows next to
+        selector rows) is multiplied as a dense panel restricted to those columns,
+        ``P_Cᵀ (Q P_C)`` with BLAS; a sparse one (a selector) through sparse
+        products.  Either way each entry is a sum of the same products
+        ``G[a, i] Q[a, b] G[b, j]`` in some order, so the entrywise rounding bound
+        ``γ_k |G|ᵀ|Q||G|`` used by :mod:`lipsdp.certify` holds as before.
+        """
+        if not np.any(y[self.variables]):
+            return
         g = sp.csr_matrix(self.lift)
         if absolute:
             g = abs(g)
         q = self.small_matrix(y, absolute)
-        if g.nnz > 0.02 * g.shape[0] * g.shape[1]:  # a dense-ish lift (weight rows): sparse × dense products
-            out = np.asarray(g.T @ np.asarray(q @ g.toarray()))
+        sign = 1.0 if absolute else self.sign
+        cols = np.unique(g.indices)
+        if g.nnz > _DENSE_PANEL_FILL * g.shape[0] * cols.size:
+            panel = g[:, cols].toarray()
+            part = panel.T @ np.asarray(q @ panel)
+            if sign != 1.0:
+                part *= sign
+            if cols.size and cols[-1] - cols[0] + 1 == cols.size:  # a contiguous range: add into a view
+                out[cols[0]:cols[-1] + 1, cols[0]:cols[-1] + 1] += part
+            else:
+                out[np.ix_(cols, cols)] += part
         else:
-            out = (g.T @ (q @ g)).toarray()
-        return out if absolute else self.sign * out
+            prod = (g.T @ (q @ g)).tocoo()
+            prod.sum_duplicates()
+            out[prod.row, prod.col] += sign * prod.data
 
     def coefficients(self, dim: int, n_vars: int) -> sp.csc_matrix:
         """Sparse (d², n_vars): column i = vec(∂/∂y_i of this term)."""
@@ -102,14 +133,14 @@ class LMIBlock:
         """Dense ``F(y)`` in float64 (symmetrised)."""
         f = np.array(self.constant, dtype=float, copy=True)
         for term in self.terms:
-            f += term.evaluate(y)
+            term.add_to(f, y)
         return 0.5 * (f + f.T)
 
     def evaluate_abs(self, y: np.ndarray) -> np.ndarray:
         """Entrywise bound ``|F⁰| + Σ |G|ᵀ|Q(y)||G|`` used for rounding-error bounds."""
         f = np.abs(self.constant).astype(float)
         for term in self.terms:
-            f += term.evaluate(y, absolute=True)
+            term.add_to(f, y, absolute=True)
         return f
 
     def max_rank(self) -> int:
