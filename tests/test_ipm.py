@@ -187,6 +187,10 @@ def test_lifted_operators_match_dense_coefficients():
     y = np.random.default_rng(0).normal(size=sdp.n_vars)
     dense = (blk.coefficients(sdp.n_vars) @ y).reshape(blk.dim, blk.dim, order="F")
     assert np.allclose(lifted.op(y), 0.5 * (dense + dense.T), atol=1e-12)
+    # Y (Σ y_i A_i) from G Y and Q(y), for a symmetric Y
+    sym_y = np.random.default_rng(2).normal(size=(blk.dim, blk.dim))
+    sym_y = sym_y + sym_y.T
+    assert np.allclose(lifted.times_op(lifted.apply(sym_y), lifted.small(y)), sym_y @ lifted.op(y), atol=1e-10)
     # 𝒜(K) = Kᵀ vec(K) for a random (non-symmetric) K, and 𝒜(P S) from the rows of G P and G Sᵀ
     rng = np.random.default_rng(1)
     k = rng.normal(size=(blk.dim, blk.dim))
