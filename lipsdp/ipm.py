@@ -67,7 +67,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
-from .runtime import blas_threads, heap_reuse, matmul, split_products, threads_for_size
+from .runtime import blas_threads, heap_reuse, matmul, split_products, threads_for_size, transpose_copy
 from .sdp import SDP
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -240,7 +240,7 @@ class _Block:
     def _wcw(w: sp.csr_matrix, lifted: np.ndarray) -> np.ndarray:
         """``W L Wᵀ`` for a symmetric lifted matrix ``L`` (r × r) and sparse ``W``."""
         t = np.asarray(w @ lifted)  # R × r
-        return np.asarray(w @ t.T)
+        return np.asarray(w @ transpose_copy(t))  # sparse × dense wants the dense factor C-contiguous
 
     def schur_factored(self, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
         """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``."""

@@ -85,3 +85,14 @@ def test_split_products_work_in_a_forked_child():
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (300, 257), (513, 1000)])
+def test_transpose_copy_is_the_transpose(shape):
+    """Tile by tile, ragged edges included, into a C-contiguous array."""
+    from lipsdp.runtime import transpose_copy
+
+    a = np.random.default_rng(0).normal(size=shape)
+    t = transpose_copy(a, tile=128)
+    assert t.flags.c_contiguous and np.array_equal(t, a.T)
+    assert np.array_equal(transpose_copy(a[:, ::2]), a[:, ::2].T)  # a strided view too
