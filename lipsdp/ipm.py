@@ -77,7 +77,7 @@ _DENSE_EIG_MAX = 100
 _BATCH_EIG_MAX = 512
 # Lanczos step lengths: at most this many steps, at least this many before testing convergence
 _LANCZOS_STEPS = 40
-_LANCZOS_MIN_STEPS = 6
+_LANCZOS_MIN_STEPS = 4
 _LANCZOS_TOL = 3e-3
 _PREDICTOR_LANCZOS_TOL = 3e-2  # the predictor's step lengths only set the centring parameter σ
 _RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relative amount
