@@ -82,6 +82,12 @@ _LANCZOS_TOL = 3e-3
 _PREDICTOR_LANCZOS_TOL = 3e-2  # the predictor's step lengths only set the centring parameter σ
 _RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relative amount
 
+# the SDPT3 starting point ξI, ηI shrunk by these factors: our programs are normalised (optimal
+# multipliers of order one) and start closer to the central path so (25 random ReLU chains:
+# 488 → 442 iterations, 64-100-100-10: 17 → 14, MaxMin anchors 29/22 → 28/21)
+_START_X_SCALE = 0.3
+_START_Z_SCALE = 0.03
+
 # once a full dual step is taken the dual residual is only rounding: use Z = F(y) from then on
 _EXACT_DUAL = True
 
@@ -712,7 +718,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     nu = sum(b.dim for b in blocks) + n_l
     bandwidth = _schur_bandwidth(blocks, n)
 
-    # ---- starting point (SDPT3-style scaled identities)
+    # ---- starting point (SDPT3-style scaled identities, shrunk: _START_X_SCALE, _START_Z_SCALE)
     norm_c = float(np.linalg.norm(c))
     X, Z = [], []
     for blk in blocks:
@@ -725,6 +731,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         xi = max(10.0, np.sqrt(d), d * float(np.max((1 + np.abs(c)) / (1 + a_f))))
         eta = max(10.0, np.sqrt(d), float(np.linalg.norm(blk.F0)), float(np.max(a_f, initial=0.0)))
         eta = min(eta, 1e3 * max(1.0, np.sqrt(d)))
+        xi, eta = _START_X_SCALE * xi, _START_Z_SCALE * eta
         X.append(xi * np.eye(d))
         Z.append(eta * np.eye(d))
     y = np.zeros(n) if y0 is None else np.array(y0, float)
