@@ -68,7 +68,7 @@ import scipy.sparse as sp
 
 from .errors import SolverFailedError
 from .runtime import blas_threads, heap_reuse, matmul, split_products, threads_for_size, transpose_copy
-from .sdp import SDP
+from .sdp import SDP, add_principal, as_index
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
 _DENSE_EIG_MAX = 100
@@ -103,13 +103,6 @@ class _Group:
     D: np.ndarray | None
 
 
-def _as_index(cols: np.ndarray):
-    """A slice when ``cols`` is a contiguous increasing range (cheap views), else the array."""
-    if cols.size and np.all(np.diff(cols) == 1):
-        return slice(int(cols[0]), int(cols[-1]) + 1)
-    return cols
-
-
 class _Block:
     """One LMI block in lifted form (see the module docstring)."""
 
@@ -134,14 +127,14 @@ class _Block:
             if sel_rows.size:
                 cols = g.indices[first[sel_rows]]
                 local_to_global[sel_rows] = r + np.arange(sel_rows.size)
-                groups.append(_Group(r, r + sel_rows.size, _as_index(cols), None))
+                groups.append(_Group(r, r + sel_rows.size, as_index(cols), None))
                 r += sel_rows.size
             if gen_rows.size:
                 sub = g[gen_rows]
                 cols = np.unique(sub.indices)
                 dense = sub[:, cols].toarray()
                 local_to_global[gen_rows] = r + np.arange(gen_rows.size)
-                groups.append(_Group(r, r + gen_rows.size, _as_index(cols), dense))
+                groups.append(_Group(r, r + gen_rows.size, as_index(cols), dense))
                 r += gen_rows.size
             local_to_global[zero_rows] = -1
             q = sp.coo_matrix(term.basis)
@@ -240,7 +233,7 @@ class _Block:
         owner = np.repeat(np.arange(counts.size), counts)
         self.factor_sum = sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
         self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
-        self.used_index = _as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
+        self.used_index = as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
 
     @staticmethod
     def _wcw(w: sp.csr_matrix, lifted: np.ndarray) -> np.ndarray:
@@ -270,11 +263,7 @@ class _Block:
             red = np.asarray(self.factor_sum.T @ np.asarray(self.factor_sum.T @ k).T)
         red += red.T
         red *= 0.5
-        idx = self.used_index
-        if isinstance(idx, slice):
-            out[idx, idx] += red
-        else:
-            out[np.ix_(idx, idx)] += red
+        add_principal(out, self.used_index, red)
 
     def diagonal_coefficients(self, chunk_bytes: int = 1 << 25) -> sp.csc_matrix:
         """Sparse (n_vars × d) matrix of the diagonals: entry (i, p) is ``A_i[p, p] = Σ_{e∈i} q_e G[a_e, p] G[b_e, p]``.

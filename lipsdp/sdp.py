@@ -24,6 +24,21 @@ import scipy.sparse as sp
 _DENSE_PANEL_FILL = 0.05
 
 
+def as_index(cols: np.ndarray):
+    """A slice when ``cols`` is a contiguous increasing range (cheap views), else the array."""
+    if cols.size and np.all(np.diff(cols) == 1):
+        return slice(int(cols[0]), int(cols[-1]) + 1)
+    return cols
+
+
+def add_principal(out: np.ndarray, index, part: np.ndarray) -> None:
+    """``out[index, index] += part`` for a slice or an array of distinct indices (:func:`as_index`)."""
+    if isinstance(index, slice):
+        out[index, index] += part
+    else:
+        out[np.ix_(index, index)] += part
+
+
 @dataclass(frozen=True, eq=False)
 class QuadTerm:
     """``sign · Gᵀ (Σ_j y[variables[j]] Q_j) G``.
@@ -89,10 +104,7 @@ class QuadTerm:
             part = panel.T @ np.asarray(q @ panel)
             if sign != 1.0:
                 part *= sign
-            if cols.size and cols[-1] - cols[0] + 1 == cols.size:  # a contiguous range: add into a view
-                out[cols[0]:cols[-1] + 1, cols[0]:cols[-1] + 1] += part
-            else:
-                out[np.ix_(cols, cols)] += part
+            add_principal(out, as_index(cols), part)
         else:
             prod = (g.T @ (q @ g)).tocoo()
             prod.sum_duplicates()
