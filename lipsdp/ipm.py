@@ -83,8 +83,8 @@ _PREDICTOR_LANCZOS_TOL = 3e-2  # the predictor's step lengths only set the centr
 _RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relative amount
 
 # the SDPT3 starting point ξI, ηI shrunk by these factors: our programs are normalised (optimal
-# multipliers of order one) and start closer to the central path so (25 random ReLU chains:
-# 488 → 442 iterations, 64-100-100-10: 17 → 14, MaxMin anchors 29/22 → 28/21)
+# multipliers of order one), so the shrunk start lies closer to the central path (25 random ReLU
+# chains: 488 → 442 iterations, 64-100-100-10: 17 → 14, MaxMin anchors 29/22 → 28/21)
 _START_X_SCALE = 0.3
 _START_Z_SCALE = 0.03
 
