@@ -115,8 +115,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     inside :class:`split_products` when the product is large (``SPLIT_MIN_FLOPS``)."""
     m, k = a.shape
     n = b.shape[1]
-    if _split_depth == 0 or m < 64 or 2.0 * m * k * n < SPLIT_MIN_FLOPS \
-            or threading.current_thread().name.startswith("lipsdp-split"):
+    if _split_depth == 0 or m < 64 or 2.0 * m * k * n < SPLIT_MIN_FLOPS:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
