@@ -59,6 +59,7 @@ repairs ρ, so a certified bound never relies on this solver's accuracy.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -67,7 +68,8 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
-from .runtime import blas_threads, heap_reuse, matmul, split_products, threads_for_size, transpose_copy
+from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, split_products, threads_for_size,
+                      transpose_copy)
 from .sdp import SDP, add_principal, as_index
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -183,49 +185,77 @@ class _Block:
         self.ea, self.eb = np.r_[self.ea, self.eb[off]], np.r_[self.eb, self.ea[off]]
         self.eq, self.ev = np.r_[q, q[off]], np.r_[self.ev, self.ev[off]]
 
+    def _factor_entries(self):
+        """The eigen-factors of every variable's small matrix ``Q_i`` (rows ``idx_i`` of the lift).
+
+        Returns ``(rows, cols, vals, signs, variables)``: the non-zeros of ``W``
+        (factor, lifted row, value), and per factor its eigenvalue and variable,
+        factors ordered by variable.  Eigenvalues below ``1e-13`` of the largest
+        of their matrix are dropped.
+        """
+        n_e = self.ea.size
+        if not n_e:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0), np.zeros(0), empty
+        owner = np.cumsum(np.r_[True, np.diff(self.ev) != 0]) - 1  # variable rank of each entry
+        n_var = int(owner[-1]) + 1
+        # the sorted lifted rows each variable touches: unique (variable, row) keys
+        keys = np.unique(np.r_[owner * self.r + self.ea, owner * self.r + self.eb])
+        key_var, key_row = keys // self.r, keys % self.r
+        first_key = np.searchsorted(key_var, np.arange(n_var))
+        size = np.diff(np.r_[first_key, keys.size])
+        pa = np.searchsorted(keys, owner * self.r + self.ea) - first_key[owner]
+        pb = np.searchsorted(keys, owner * self.r + self.eb) - first_key[owner]
+        f_var, f_pos, f_lam, f_vec = [], [], [], []  # per size: kept factors (variable rank, order, value, vector)
+        for m in np.unique(size):
+            members = np.flatnonzero(size == m)
+            slot = np.full(n_var, -1)
+            slot[members] = np.arange(members.size)
+            e = np.flatnonzero(size[owner] == m)
+            small = np.zeros((members.size, m, m))
+            np.add.at(small, (slot[owner[e]], pa[e], pb[e]), self.eq[e])
+            small = 0.5 * (small + small.transpose(0, 2, 1))
+            diagonal = np.count_nonzero(small - np.einsum("vii->vi", small)[:, :, None] * np.eye(m), axis=(1, 2)) == 0
+            lam = np.empty((members.size, m))
+            vec = np.empty((members.size, m, m))
+            lam[diagonal] = np.einsum("vii->vi", small[diagonal])
+            vec[diagonal] = np.eye(m)
+            if np.any(~diagonal):
+                lam[~diagonal], vec[~diagonal] = np.linalg.eigh(small[~diagonal])
+            keep = np.abs(lam) > 1e-13 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
+            v_idx, k_idx = np.nonzero(keep)
+            f_var.append(members[v_idx])
+            f_pos.append(k_idx)
+            f_lam.append(lam[v_idx, k_idx])
+            f_vec.append(vec[v_idx, :, k_idx])  # (factors, m): eigenvector entries on the variable's rows
+        f_var, f_pos, f_lam = np.concatenate(f_var), np.concatenate(f_pos), np.concatenate(f_lam)
+        order = np.lexsort((f_pos, f_var))  # factors by variable, then eigenvalue order
+        rank = np.empty(order.size, np.int64)
+        rank[order] = np.arange(order.size)
+        rows, cols, vals = [], [], []
+        offset = 0
+        for vecs in f_vec:
+            ids = offset + np.arange(vecs.shape[0])  # this size's factors, numbered as concatenated
+            offset += vecs.shape[0]
+            rr, cc = np.nonzero(vecs)
+            rows.append(rank[ids[rr]])
+            cols.append(key_row[first_key[f_var[ids[rr]]] + cc])
+            vals.append(vecs[rr, cc])
+        variables = self.ev[self.var_starts][f_var[order]].astype(np.int64)
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), f_lam[order], variables
+
     def _factorise(self) -> None:
         """Eigen-factor each variable's small matrix: ``A_i = Σ_k s_k h_k h_kᵀ`` with ``h_k = Gᵀ w_k``.
 
         ``W`` (R × r, sparse) stacks the ``w_k`` (R = Σ_i rank Q_i, e.g. 2 per
         ReLU neuron instead of 3–4 entries), so the Schur complement is one
-        Hadamard product ``(W U Wᵀ) ∘ (W V Wᵀ)`` reduced over variables.
+        Hadamard product ``(W U Wᵀ) ∘ (W V Wᵀ)`` reduced over variables.  The
+        small matrices are gathered by size and eigen-decomposed as stacks; a
+        diagonal one keeps its unit vectors exactly (W stays as sparse as Q).
         """
-        n_e = self.ea.size
-        rows_w, cols_w, vals_w, sgn, fvar = [], [], [], [], []
-        count = 0
-        bounds = np.r_[self.var_starts, n_e] if n_e else np.zeros(1, np.int64)
-        cache: dict = {}
-        for j in range(len(bounds) - 1):
-            e = slice(bounds[j], bounds[j + 1])
-            a, b, q = self.ea[e], self.eb[e], self.eq[e]
-            idx = np.unique(np.r_[a, b])
-            pa, pb = np.searchsorted(idx, a), np.searchsorted(idx, b)
-            key = (idx.size, pa.tobytes(), pb.tobytes(), q.tobytes())
-            if key not in cache:
-                small = np.zeros((idx.size, idx.size))
-                np.add.at(small, (pa, pb), q)
-                small = 0.5 * (small + small.T)
-                if idx.size > 1 and np.count_nonzero(small - np.diag(np.diag(small))) == 0:
-                    lam, vec = np.diag(small).copy(), np.eye(idx.size)
-                else:
-                    lam, vec = np.linalg.eigh(small)
-                keep = np.abs(lam) > 1e-13 * max(np.max(np.abs(lam)), 1e-300)
-                cache[key] = (lam[keep], vec[:, keep])
-            lam, vec = cache[key]
-            k = lam.size
-            rr, cc = np.nonzero(np.abs(vec) > 0)
-            rows_w.append(count + cc)
-            cols_w.append(idx[rr])
-            vals_w.append(vec[rr, cc])
-            sgn.append(lam)
-            fvar.append(np.full(k, self.ev[bounds[j]]))
-            count += k
-        self.R = count
-        self.W = sp.csr_matrix((np.concatenate(vals_w) if vals_w else np.zeros(0),
-                                (np.concatenate(rows_w) if rows_w else np.zeros(0, int),
-                                 np.concatenate(cols_w) if cols_w else np.zeros(0, int))), shape=(count, self.r))
-        self.fs = np.concatenate(sgn) if sgn else np.zeros(0)
-        self.fvar = np.concatenate(fvar).astype(np.int64) if fvar else np.zeros(0, np.int64)
+        rows_w, cols_w, vals_w, self.fs, self.fvar = self._factor_entries()
+        self.R = count = self.fs.size
+        self.W = sp.csr_matrix((vals_w, (rows_w, cols_w)), shape=(count, self.r))
         self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.fvar) != 0]) if count else np.zeros(0, np.int64)
         counts = np.diff(np.r_[self.f_starts, count]) if count else np.zeros(0, np.int64)
         self.f_uniform = int(counts[0]) if counts.size and np.all(counts == counts[0]) else 0
@@ -241,13 +271,21 @@ class _Block:
         t = np.asarray(w @ lifted)  # R × r
         return np.asarray(w @ transpose_copy(t))  # sparse × dense wants the dense factor C-contiguous
 
-    def schur_factored(self, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-        """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``."""
+    def factor_gram(self, lifted: np.ndarray, signed: bool = False) -> np.ndarray | None:
+        """``W L Wᵀ`` (R × R) of a lifted ``L = G Y Gᵀ``: the Gram matrix ``h_kᵀ Y h_l`` of the
+        factors, times ``s_k s_l`` when ``signed``; None for a block without variables."""
         if not self.R:
+            return None
+        return self._wcw(self.W_signed if signed else self.W, lifted)
+
+    def schur_factored(self, wuw: np.ndarray | None, wvw: np.ndarray | None, out: np.ndarray) -> None:
+        """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``
+        from the factor Grams of X (signed) and Z⁻¹ (:meth:`factor_gram`; both symmetric, so
+        ``(W V Wᵀ)_{lk} = (W V Wᵀ)_{kl}``).  ``wuw`` is overwritten."""
+        if wuw is None:
             return
-        k = self._wcw(self.W_signed, u)  # s_k s_l (W U Wᵀ)_kl
-        k *= self._wcw(self.W, v)  # both symmetric: (W V Wᵀ)_{lk} = (W V Wᵀ)_{kl}
-        self.reduce_factors(k, out)
+        wuw *= wvw
+        self.reduce_factors(wuw, out)
 
     def reduce_factors(self, k: np.ndarray, out: np.ndarray) -> None:
         """Add ``M_ij = Σ_{k∈i, l∈j} K_kl`` (symmetric R × R ``K``, signs included) into ``out``.
@@ -349,14 +387,14 @@ class _Block:
         out = self.apply_t(np.asarray((self.small(dy) if q is None else q) @ self.G))
         return 0.5 * (out + out.T)
 
-    def times_op(self, gy: np.ndarray, q: sp.csr_matrix) -> np.ndarray:
-        """``Y (Σ_i dy_i A_i)`` for symmetric ``Y`` from ``gy = G Y`` and ``q = Q(dy)``.
+    def op_times(self, gy: np.ndarray, q: sp.csr_matrix) -> np.ndarray:
+        """``(Σ_i dy_i A_i) Y = Gᵀ Q (G Y)`` (C-contiguous, d × k) from ``gy = G Y`` and ``q = Q(dy)``.
 
-        ``Y Gᵀ Q G = (Gᵀ Q (G Y))ᵀ`` (Q symmetric): the weight panels multiply only
-        their own columns, Σ_h d·r_h·|C_h| flops instead of the d³ of a dense
-        product (784-1024³-10: about a fifth).  Returned as a transposed view.
+        The weight panels multiply only their own columns, Σ_h d·r_h·|C_h| flops
+        instead of the d³ of a dense product (784-1024³-10: about a fifth).  For
+        symmetric ``Y`` this is ``(Y ΔZ_y)ᵀ``.
         """
-        return self.apply_t(np.asarray(q @ gy)).T
+        return self.apply_t(np.asarray(q @ gy))
 
     def adj_lifted(self, lifted: np.ndarray) -> np.ndarray:
         """``𝒜(Y)`` from the lifted ``G Y Gᵀ``."""
@@ -393,6 +431,8 @@ def _factorable_step(mats, dirs, step):
     return new, factors, step
 
 def _chol(a: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factor with an exactly zero upper triangle (which :func:`_inv_from_chol` and
+    :func:`_lower_inverse` rely on), or None when ``a`` is not numerically positive definite."""
     try:
         return la.cholesky(a, lower=True, check_finite=False)
     except la.LinAlgError:
@@ -400,11 +440,19 @@ def _chol(a: np.ndarray) -> np.ndarray | None:
 
 
 def _inv_from_chol(lo: np.ndarray) -> np.ndarray:
+    """``(L Lᵀ)⁻¹`` from a factor of :func:`_chol`.
+
+    LAPACK ``potri`` writes the lower triangle of the inverse and leaves the upper
+    one as it was in ``lo``, exactly zero; so ``inv + invᵀ`` with the diagonal
+    put back is the full inverse, in one pass (``np.tril`` copies cost more than
+    ``potri`` itself at d = 264).
+    """
     inv, info = la.lapack.dpotri(lo, lower=1)
     if info != 0:
         raise SolverFailedError("inverting a block failed (singular iterate)", "numerical")
-    inv = np.tril(inv)
-    return inv + np.tril(inv, -1).T
+    full = inv + inv.T
+    np.fill_diagonal(full, np.diagonal(inv))
+    return full
 
 
 def _dense_min_eig(lo: np.ndarray, dm: np.ndarray) -> float:
@@ -480,17 +528,26 @@ def _tridiagonal_smallest(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarr
 
 
 def _lower_inverse(lo: np.ndarray) -> np.ndarray:
-    """``L⁻¹`` of a lower-triangular Cholesky factor (LAPACK ``trtri``)."""
+    """``L⁻¹`` of a lower-triangular factor of :func:`_chol` (LAPACK ``trtri``; the upper triangle
+    stays as in ``lo``, exactly zero)."""
     inv, info = la.lapack.dtrtri(lo, lower=1)
     if info != 0:
         raise SolverFailedError("a Cholesky factor is singular", "numerical")
-    return np.tril(inv)
+    return inv
+
+
+@functools.lru_cache(maxsize=16)
+def _start_noise(count: int, n: int) -> np.ndarray:
+    """Fixed pseudo-random ``count × n`` vectors of norm about 1 (read-only; a generator costs more to
+    create than a step-length problem of a small block takes to solve)."""
+    out = np.random.default_rng(12345 + n).standard_normal((count, n)) / np.sqrt(n)
+    out.setflags(write=False)
+    return out
 
 
 def _start_vectors(idx: list, n: int, starts: dict | None) -> np.ndarray:
     """Starting vectors of the blocks ``idx``: their last Ritz vectors plus a little noise (random at first)."""
-    rng = np.random.default_rng(12345 + n)
-    out = rng.standard_normal((len(idx), n)) / np.sqrt(n)
+    out = _start_noise(len(idx), n).copy()
     if starts is not None:
         for row, i in enumerate(idx):
             prev = starts.get(i)
@@ -757,11 +814,17 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             lx = [_chol(x) for x in X]
         if any(l is None for l in lz) or any(l is None for l in lx):
             raise SolverFailedError("an iterate lost positive definiteness (numerical trouble)", "numerical")
-        zinv = [_inv_from_chol(l) for l in lz]
-        gx = [blk.apply(x) for blk, x in zip(blocks, X)]
-        gzi = [blk.apply(zi) for blk, zi in zip(blocks, zinv)]
-        u = [blk.lifted(x, g) for blk, x, g in zip(blocks, X, gx)]
-        v = [blk.lifted(zi, g) for blk, zi, g in zip(blocks, zinv, gzi)]
+
+        def x_side():  # G X, G X Gᵀ (X side; on the worker thread at once with the Z side)
+            gx_ = [blk.apply(x) for blk, x in zip(blocks, X)]
+            return gx_, [blk.lifted(x, g) for blk, x, g in zip(blocks, X, gx_)]
+
+        def z_side():  # Z⁻¹, G Z⁻¹, G Z⁻¹ Gᵀ
+            zinv_ = [_inv_from_chol(lo) for lo in lz]
+            gzi_ = [blk.apply(zi) for blk, zi in zip(blocks, zinv_)]
+            return zinv_, gzi_, [blk.lifted(zi, g) for blk, zi, g in zip(blocks, zinv_, gzi_)]
+
+        (gx, u), (zinv, gzi, v) = in_parallel(x_side, z_side)
         ax = sum(blk.adj_lifted(uu) for blk, uu in zip(blocks, u))
         rp = c - ax
         if n_l:
@@ -799,8 +862,11 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
 
         # ---- Schur complement
         m = np.zeros((n, n))
-        for blk, uu, vv in zip(blocks, u, v):
-            blk.schur_factored(uu, vv, m)
+        wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, signed=True) for blk, uu in zip(blocks, u)],
+                               lambda: [blk.factor_gram(vv) for blk, vv in zip(blocks, v)])
+        for blk, wu, wv in zip(blocks, wuw, wvw):
+            blk.schur_factored(wu, wv, m)
+        del wuw, wvw
         if n_l:
             m[nn, nn] += x_l / z_l
         if np.any(free_unused):
@@ -818,14 +884,22 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             if wz is not None:
                 rd_rhs += blk.adj_rows(blk.G, blk.apply(wz))
 
-        def direction(sig_mu, corr_x, corr_l):
-            """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, Δx_p Δz_p) or None."""
-            rhs = rd_rhs - c
+        def corrector_terms(dx, dz):
+            """The second-order terms ``corr = ΔX_p ΔZ_p`` of the predictor step (per block) and
+            ``𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]``."""
+            corr = [matmul(a, b) for a, b in zip(dx, dz)]
+            corr_rhs = np.zeros(n)
             for k, blk in enumerate(blocks):
-                # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
-                if corr_x is not None:  # 𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]
-                    rhs -= blk.adj_rows(blk.apply(corr_x[k]), gzi[k])
-                if sig_mu:
+                corr_rhs += blk.adj_rows(blk.apply(corr[k]), gzi[k])
+            return corr, corr_rhs
+
+        def direction(sig_mu, corr_x, corr_rhs, corr_l):
+            """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, 𝒜(ΔX_p ΔZ_p Z⁻¹), Δx_p Δz_p) or None."""
+            rhs = rd_rhs - c  # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
+            if corr_rhs is not None:
+                rhs -= corr_rhs
+            if sig_mu:
+                for k, blk in enumerate(blocks):
                     rhs += sig_mu * blk.adj_lifted(v[k])
             if n_l:
                 t = sig_mu / z_l - x_l * rd_l / z_l
@@ -841,10 +915,12 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
                 dzk = dzy if rd[k] is None else rd[k] + dzy
                 # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:
                 #    = sym(−X Rd Z⁻¹ − (X ΔZ_y + corr) Z⁻¹) + σμZ⁻¹ − X
-                xdz = blk.times_op(gx[k], q)  # X ΔZ_y
+                # only sym(·) of the product is used and sym(Kᵀ) = sym(K): form the transpose
+                # Z⁻¹ (ΔZ_y X + corrᵀ), whose factors are both C-contiguous (a split product)
+                dzx = blk.op_times(gx[k], q)  # ΔZ_y X = (X ΔZ_y)ᵀ
                 if corr_x is not None:
-                    xdz = xdz + corr_x[k]
-                dxk = matmul(xdz, zinv[k])
+                    dzx += corr_x[k].T
+                dxk = matmul(zinv[k], dzx)
                 np.negative(dxk, out=dxk)
                 if rd_wz[k] is not None:
                     dxk += rd_wz[k]
@@ -867,17 +943,19 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             return ap, ad
 
         try:
-            dy, dx, dz, dxl, dzl, _ = direction(0.0, None, None)
-            ap, ad = steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL)
+            dy, dx, dz, dxl, dzl, _ = direction(0.0, None, None, None)
+            # independent, so computed at once: the predictor's step lengths (Lanczos, mostly
+            # Python-level work) and the corrector's second-order terms (dense products)
+            (ap, ad), (corr_x, corr_rhs) = in_parallel(lambda: steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL),
+                                                       lambda: corrector_terms(dx, dz))
             ap1, ad1 = min(1.0, ap), min(1.0, ad)
             gap_aff = sum(float(np.vdot(x + ap1 * a, z + ad1 * b)) for x, a, z, b in zip(X, dx, Z, dz))
             if n_l:
                 gap_aff += float((x_l + ap1 * dxl) @ (z_l + ad1 * dzl))
             expon = max(1.0, 3 * min(ap1, ad1) ** 2)
             sigma = min(1.0, max(0.0, gap_aff / gap)) ** expon
-            corr_x = [matmul(a, b) for a, b in zip(dx, dz)]
             corr_l = dxl * dzl if n_l else None
-            dy, dx, dz, dxl, dzl, dzys = direction(sigma * mu, corr_x, corr_l)
+            dy, dx, dz, dxl, dzl, dzys = direction(sigma * mu, corr_x, corr_rhs, corr_l)
             ap, ad = steps(dx, dz, dxl, dzl, _LANCZOS_TOL)
         except (la.LinAlgError, ValueError) as exc:
             last_status = "numerical"
@@ -890,8 +968,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         if verbose:
             print(f"    sigma {sigma:.2e}  step primal {ap:.3f} dual {ad:.3f}")
         # take the step; back off if a factorisation fails
-        newx, lx, ap = _factorable_step(X, dx, ap)
-        newz, lz, ad = _factorable_step(Z, dz, ad)
+        (newx, lx, ap), (newz, lz, ad) = in_parallel(lambda: _factorable_step(X, dx, ap),
+                                                     lambda: _factorable_step(Z, dz, ad))
         if any(l is None for l in lx) or any(l is None for l in lz):
             last_status = "numerical"
             break

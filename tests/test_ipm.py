@@ -187,10 +187,10 @@ def test_lifted_operators_match_dense_coefficients():
     y = np.random.default_rng(0).normal(size=sdp.n_vars)
     dense = (blk.coefficients(sdp.n_vars) @ y).reshape(blk.dim, blk.dim, order="F")
     assert np.allclose(lifted.op(y), 0.5 * (dense + dense.T), atol=1e-12)
-    # Y (Σ y_i A_i) from G Y and Q(y), for a symmetric Y
+    # (Σ y_i A_i) Y from G Y and Q(y), for a symmetric Y
     sym_y = np.random.default_rng(2).normal(size=(blk.dim, blk.dim))
     sym_y = sym_y + sym_y.T
-    assert np.allclose(lifted.times_op(lifted.apply(sym_y), lifted.small(y)), sym_y @ lifted.op(y), atol=1e-10)
+    assert np.allclose(lifted.op_times(lifted.apply(sym_y), lifted.small(y)), lifted.op(y) @ sym_y, atol=1e-10)
     # 𝒜(K) = Kᵀ vec(K) for a random (non-symmetric) K, and 𝒜(P S) from the rows of G P and G Sᵀ
     rng = np.random.default_rng(1)
     k = rng.normal(size=(blk.dim, blk.dim))
@@ -219,7 +219,7 @@ def test_unmirrored_entries_act_through_their_symmetric_part():
     assert np.allclose(lifted.adj_rows(lifted.G, lifted.apply(k)), [np.sum(a_sym * k)], atol=1e-12)
     x = np.eye(d) + 0.1 * np.ones((d, d))
     m = np.zeros((1, 1))
-    lifted.schur_factored(lifted.lifted(x), lifted.lifted(x), m)
+    lifted.schur_factored(lifted.factor_gram(lifted.lifted(x), signed=True), lifted.factor_gram(lifted.lifted(x)), m)
     assert np.isclose(m[0, 0], np.trace(a_sym @ x @ a_sym @ x), rtol=1e-12)
 
 
@@ -256,7 +256,7 @@ def test_factored_schur_complement_is_exact(activation, granularity, spread):
     zi = zi @ zi.T + np.eye(d)
     brute = np.array([[np.trace(mats[i] @ x @ mats[j] @ zi) for j in range(n)] for i in range(n)])
     ours = np.zeros((n, n))
-    lifted.schur_factored(lifted.lifted(x), lifted.lifted(zi), ours)
+    lifted.schur_factored(lifted.factor_gram(lifted.lifted(x), signed=True), lifted.factor_gram(lifted.lifted(zi)), ours)
     assert np.allclose(ours, brute, rtol=1e-10, atol=1e-10 * np.abs(brute).max())
 
 
@@ -350,3 +350,19 @@ def test_implied_bounds_are_detected_only_when_provable():
     # and the solve with the bound in the cone (y1) keeps it: min y0 + y1 → y = (1, 0)
     res = ipm_solve(two)
     assert res.y[1] >= -1e-9 and abs(res.y[0] - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("d", [1, 5, 264])
+def test_inverse_from_cholesky_factor(d):
+    """The full symmetric inverse from a factor whose upper triangle is exactly zero."""
+    from lipsdp.ipm import _chol, _inv_from_chol, _lower_inverse
+
+    a = np.random.default_rng(d).normal(size=(d, d))
+    s = a @ a.T + d * np.eye(d)
+    lo = _chol(s)
+    assert np.all(np.triu(lo, 1) == 0)
+    inv = _inv_from_chol(lo)
+    assert np.array_equal(inv, inv.T)
+    assert np.allclose(inv @ s, np.eye(d), atol=1e-12)
+    li = _lower_inverse(lo)
+    assert np.all(np.triu(li, 1) == 0) and np.allclose(li @ lo, np.eye(d), atol=1e-12)

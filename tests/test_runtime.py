@@ -96,3 +96,82 @@ def test_transpose_copy_is_the_transpose(shape):
     t = transpose_copy(a, tile=128)
     assert t.flags.c_contiguous and np.array_equal(t, a.T)
     assert np.array_equal(transpose_copy(a[:, ::2]), a[:, ::2].T)  # a strided view too
+
+
+def test_in_parallel_runs_the_first_side_on_the_worker():
+    """Both results come back in order; inside split_products the first side runs on another thread."""
+    import threading
+
+    from lipsdp.runtime import in_parallel
+
+    ident = []
+    first = lambda: (ident.append(threading.get_ident()), np.ones((200, 200)) @ np.ones((200, 3)))[1]  # noqa: E731
+    second = lambda: np.arange(4)  # noqa: E731
+    a, b = in_parallel(first, second)
+    assert np.all(a == 200.0) and np.array_equal(b, np.arange(4)) and ident == [threading.get_ident()]
+    with blas_threads(1), split_products(True) as ctx:
+        a, b = in_parallel(first, second)
+    assert np.all(a == 200.0) and np.array_equal(b, np.arange(4))
+    assert (ident[-1] != threading.get_ident()) == ctx.active
+    assert not runtime._pair_active
+
+
+@pytest.mark.skipif(runtime.available_cores() < 2, reason="in_parallel needs two cores")
+def test_in_parallel_sides_never_hand_work_to_a_busy_worker():
+    """Large products and nested pairs inside either side run on their own thread (no deadlock)."""
+    import threading
+
+    from lipsdp.runtime import in_parallel
+
+    big = np.ones((400, 400))
+    result = {}
+
+    def run():
+        with blas_threads(1), split_products(True):
+            result["pair"] = in_parallel(lambda: in_parallel(lambda: matmul(big, big)[0, 0], lambda: 1.0),
+                                         lambda: matmul(big, big)[0, 0])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "in_parallel deadlocked"
+    assert result["pair"] == ((400.0, 1.0), 400.0)
+
+
+def test_in_parallel_raises_after_both_sides_finished():
+    """An error of either side is raised once the other side is done; the pair flag is cleared."""
+    from lipsdp.runtime import in_parallel
+
+    finished = []
+
+    def slow():
+        finished.append(float((np.ones((300, 300)) @ np.ones((300, 300)))[0, 0]))
+        return 1
+
+    def fail():
+        raise ValueError("side failed")
+
+    with blas_threads(1), split_products(True):
+        with pytest.raises(ValueError, match="side failed"):
+            in_parallel(slow, fail)
+        assert finished == [300.0]
+        with pytest.raises(ValueError, match="side failed"):
+            in_parallel(fail, slow)
+        assert finished == [300.0, 300.0]
+    assert not runtime._pair_active
+
+
+def test_blas_threads_limit_and_restore():
+    """The cached controller limits numpy's and scipy's BLAS inside the context and restores them."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def counts():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    before = counts()
+    with blas_threads(1):
+        assert all(n == 1 for n in counts())
+        with blas_threads(1):
+            pass
+        assert all(n == 1 for n in counts())
+    assert counts() == before
