@@ -1,8 +1,8 @@
 """Process-level settings around the dense kernels of the solvers: BLAS threads, split
-products and heap reuse.
+products and heap reuse, and :func:`in_parallel` for two independent chains of kernels.
 
-All three are context managers that restore what they change and do nothing
-where the platform does not support them.
+The three settings are context managers that restore what they change and do
+nothing where the platform does not support them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+import scipy.linalg  # noqa: F401  (its BLAS is loaded before _blas_controller scans)
+from threadpoolctl import ThreadpoolController
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -46,9 +48,6 @@ def _blas_controller():
     """threadpoolctl's view of the BLAS libraries loaded in this process, taken once (the scan of
     every loaded library costs several ms); numpy's and scipy's, which the solvers call, are
     imported before it."""
-    import scipy.linalg  # noqa: F401
-    from threadpoolctl import ThreadpoolController
-
     return ThreadpoolController().select(user_api="blas")
 
 
@@ -62,7 +61,7 @@ class blas_threads:
         if self.n is not None:
             try:
                 self.ctl = _blas_controller().limit(limits=self.n)
-            except Exception:  # threadpoolctl missing or unsupported: run as is
+            except Exception:  # no BLAS threadpoolctl knows: run as is
                 self.ctl = None
         return self
 
