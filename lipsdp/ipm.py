@@ -704,6 +704,19 @@ class _SchurSolver:
         return sol / self.scale
 
 
+def _schur_complement(blocks: list, u: list, v: list, n: int) -> np.ndarray:
+    """The n × n HKM Schur complement summed over the blocks, from their lifted ``u = G X Gᵀ`` and
+    ``v = G Z⁻¹ Gᵀ``; the factor Grams of the X and the Z side are computed at once
+    (:func:`~lipsdp.runtime.in_parallel`) and freed on return (each is R × R)."""
+    m = np.zeros((n, n))
+    wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, signed=True) for blk, uu in zip(blocks, u)],
+                           lambda: [blk.factor_gram(vv) for blk, vv in zip(blocks, v)])
+    for k, blk in enumerate(blocks):
+        blk.schur_factored(wuw[k], wvw[k], m)
+        wuw[k] = wvw[k] = None
+    return m
+
+
 def _step_lp(x: np.ndarray, dx: np.ndarray) -> float:
     neg = dx < 0
     return float(np.min(-x[neg] / dx[neg])) if np.any(neg) else np.inf
@@ -861,12 +874,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             break
 
         # ---- Schur complement
-        m = np.zeros((n, n))
-        wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, signed=True) for blk, uu in zip(blocks, u)],
-                               lambda: [blk.factor_gram(vv) for blk, vv in zip(blocks, v)])
-        for blk, wu, wv in zip(blocks, wuw, wvw):
-            blk.schur_factored(wu, wv, m)
-        del wuw, wvw
+        m = _schur_complement(blocks, u, v, n)
         if n_l:
             m[nn, nn] += x_l / z_l
         if np.any(free_unused):
