@@ -42,7 +42,12 @@ lifted ``U``, ``V``) plus Lanczos step lengths; 20–30 iterations.  On 2 cores
 that is seconds up to d ≈ 600 and about a minute at d ≈ 1000; nets with
 d ≳ 3000 (784-1024³-10: d = 3856) need a method without dense primal
 matrices.  Small blocks (d < 1200) run BLAS single-threaded: threading
-overhead dominates there, badly so on a shared machine.
+overhead dominates there, badly so on a shared machine.  Two cores are used
+instead by computing independent halves of an iteration at once
+(:func:`~lipsdp.runtime.in_parallel`): the X and the Z side of the lifts, of the
+factor Grams and of the Cholesky factors of the step, and the predictor's step
+lengths beside the corrector's second-order terms; large products are split in
+row halves (:func:`~lipsdp.runtime.matmul`).
 
 Many blocks (:func:`solve_with_ipm` first splits every LMI block into its
 decoupled components, :mod:`lipsdp.decompose`: a MaxMin chain gives one block
