@@ -366,3 +366,66 @@ def test_inverse_from_cholesky_factor(d):
     assert np.allclose(inv @ s, np.eye(d), atol=1e-12)
     li = _lower_inverse(lo)
     assert np.all(np.triu(li, 1) == 0) and np.allclose(li @ lo, np.eye(d), atol=1e-12)
+
+
+def test_single_precision_block_computes_the_same_products():
+    """A float32 copy of a block returns float32 results equal to the float64 ones up to float32 rounding."""
+    from lipsdp.ipm import _Block
+
+    net = random_network(5, max_hidden=3, max_width=12)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    full = _Block(sdp.blocks[0], sdp.n_vars)
+    single = full.cast(np.float32)
+    rng = np.random.default_rng(4)
+    d = full.dim
+    y = rng.normal(size=(d, d))
+    y = y @ y.T + np.eye(d)
+    dy = rng.normal(size=sdp.n_vars)
+    scale = np.abs(full.op(dy)).max()
+    pairs = [
+        (full.apply(y), single.apply(y.astype(np.float32))),
+        (full.lifted(y), single.lifted(y.astype(np.float32))),
+        (full.op(dy), single.op(dy)),
+        (full.op_times(full.apply(y), full.small(dy)), single.op_times(single.apply(y.astype(np.float32)), single.small(dy))),
+        (full.factor_gram(full.lifted(y)), single.factor_gram(single.lifted(y.astype(np.float32)))),
+    ]
+    for ref, low in pairs:
+        assert low.dtype == np.float32
+        assert np.allclose(low, ref, rtol=1e-4, atol=1e-4 * max(np.abs(ref).max(), scale))
+    assert full.G.dtype == np.float64 and full.apply(y).dtype == np.float64  # the original is untouched
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_single_precision_phase_leaves_the_optimum(seed):
+    """Starting in float32 (the default) reaches the float64-only optimum, with float64 results."""
+    net = random_network(300 + seed, max_hidden=4, max_width=40)
+    work, _ = fm.normalise_chain(net)
+    sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
+    mixed = ipm_solve(sdp, tol=1e-8)
+    double = ipm_solve(sdp, tol=1e-8, single_until=0.0)
+    assert abs(mixed.dual_objective - double.dual_objective) <= 1e-7 * abs(double.dual_objective)
+    assert mixed.y.dtype == np.float64 and all(x.dtype == np.float64 for x in mixed.X)
+    assert mixed.iterations <= double.iterations + 2
+
+
+def test_a_failed_single_precision_factorisation_continues_in_double(monkeypatch):
+    """A float32 Cholesky failure hands the iterate to the float64 phase instead of failing the solve."""
+    from lipsdp import ipm
+
+    net = random_network(7, max_hidden=3, max_width=30)
+    work, _ = fm.normalise_chain(net)
+    sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
+    reference = ipm_solve(sdp, tol=1e-8, single_until=0.0)
+    real_chol = ipm._chol
+    failed = []
+
+    def chol(a):  # the first float32 factorisation fails
+        if a.dtype == np.float32 and not failed:
+            failed.append(True)
+            return None
+        return real_chol(a)
+
+    monkeypatch.setattr(ipm, "_chol", chol)
+    res = ipm_solve(sdp, tol=1e-8, single_until=1e-3)
+    assert failed
+    assert abs(res.dual_objective - reference.dual_objective) <= 1e-7 * abs(reference.dual_objective)
