@@ -51,7 +51,7 @@ row halves (:func:`~lipsdp.runtime.matmul`).  The early iterations, far from the
 optimum, run in float32 (``single_until``: twice the BLAS speed and half the
 memory traffic; the multipliers, the Schur complement and all measures stay
 float64), the rest in float64 from the iterate reached: on 13 random ReLU chains
-the iteration counts are those of a float64-only run and the time is 29 % less.
+the iteration counts are those of a float64-only run and the time is 26–29 % less.
 
 Many blocks (:func:`solve_with_ipm` first splits every LMI block into its
 decoupled components, :mod:`lipsdp.decompose`: a MaxMin chain gives one block
