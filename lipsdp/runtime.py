@@ -127,13 +127,18 @@ def _split_worker() -> ThreadPoolExecutor:
         return _split_pool
 
 
+def _worker_free() -> bool:
+    """Whether this thread may hand work to the worker: inside :class:`split_products`, not inside
+    :func:`in_parallel` (the worker is busy with one side), and not on the worker itself."""
+    return _split_depth > 0 and not _pair_active and threading.get_ident() != _worker_ident
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` for dense 2-D arrays (into ``out`` when given); two row halves on two threads
     inside :class:`split_products` when the product is large (``SPLIT_MIN_FLOPS``)."""
     m, k = a.shape
     n = b.shape[1]
-    if _split_depth == 0 or _pair_active or m < 64 or 2.0 * m * k * n < SPLIT_MIN_FLOPS \
-            or threading.get_ident() == _worker_ident:
+    if m < 64 or 2.0 * m * k * n < SPLIT_MIN_FLOPS or not _worker_free():
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
@@ -160,7 +165,7 @@ def in_parallel(first, second) -> tuple:
     raised after both have finished.
     """
     global _pair_active
-    if _split_depth == 0 or _pair_active or threading.get_ident() == _worker_ident:
+    if not _worker_free():
         return first(), second()
     worker = _split_worker()
     _pair_active = True
