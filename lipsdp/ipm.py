@@ -173,7 +173,7 @@ class _Block:
         self.n_vars = n_vars
         self.P = sp.csr_matrix((np.ones(n_e), (np.arange(n_e), self.ev)), shape=(n_e, n_vars))
         self.PT = self.P.T.tocsr()
-        self._q_pattern = None
+        self._q_pattern = self._small_pattern()  # shared with the float32 copy (:meth:`cast`)
         self.dtype = np.dtype(np.float64)  # of the dense data and of every result (see :meth:`cast`)
         self.G = self.apply(np.eye(d))  # dense r × d (rows of the lift)
         self.vars_used = np.unique(self.ev)
@@ -391,19 +391,21 @@ class _Block:
             gy = self.apply(y)
         return self.apply(gy.T)
 
+    def _small_pattern(self) -> tuple:
+        """The CSR pattern of ``Q(dy)`` (:meth:`small`) and, per entry e, the slot it adds into."""
+        q = sp.csr_matrix((np.arange(1, self.ea.size + 1, dtype=float), (self.ea, self.eb)), shape=(self.r, self.r))
+        q.has_canonical_format = False
+        q.sum_duplicates()
+        # entry k of the pattern sums the entries e with slot[e] == k
+        slot = np.empty(self.ea.size, np.int64)
+        order = np.lexsort((self.eb, self.ea))
+        keys = self.ea[order] * self.r + self.eb[order]
+        first = np.r_[True, keys[1:] != keys[:-1]]
+        slot[order] = np.cumsum(first) - 1
+        return q.indptr, q.indices, slot, q.nnz
+
     def small(self, dy: np.ndarray) -> sp.csr_matrix:
-        """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``; its pattern is built once."""
-        if self._q_pattern is None:
-            q = sp.csr_matrix((np.arange(1, self.ea.size + 1, dtype=float), (self.ea, self.eb)), shape=(self.r, self.r))
-            q.has_canonical_format = False
-            q.sum_duplicates()
-            # entry k of the pattern sums the entries e with slot[e] == k
-            slot = np.empty(self.ea.size, np.int64)
-            order = np.lexsort((self.eb, self.ea))
-            keys = self.ea[order] * self.r + self.eb[order]
-            first = np.r_[True, keys[1:] != keys[:-1]]
-            slot[order] = np.cumsum(first) - 1
-            self._q_pattern = (q.indptr, q.indices, slot, q.nnz)
+        """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``, on the pattern built once."""
         indptr, indices, slot, nnz = self._q_pattern
         data = np.bincount(slot, weights=self.eq * dy[self.ev], minlength=nnz).astype(self.dtype, copy=False)
         return sp.csr_matrix((data, indices, indptr), shape=(self.r, self.r))
@@ -814,11 +816,9 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     norm_c = float(np.linalg.norm(c))
     X, Z = [], []
     for blk in blocks:
-        a_norms = np.sqrt(np.asarray(blk.PT.multiply(blk.PT) @ np.ones(blk.ea.size)).ravel()) if blk.ea.size else np.zeros(n)
         # crude ‖A_i‖_F estimate: Σ|q| ‖g_a‖‖g_b‖
         gn = np.linalg.norm(blk.G, axis=1)
         a_f = np.asarray(blk.PT @ (np.abs(blk.eq) * gn[blk.ea] * gn[blk.eb])).ravel()
-        del a_norms
         d = blk.dim
         xi = max(10.0, np.sqrt(d), d * float(np.max((1 + np.abs(c)) / (1 + a_f))))
         eta = max(10.0, np.sqrt(d), float(np.linalg.norm(blk.F0)), float(np.max(a_f, initial=0.0)))
@@ -854,8 +854,10 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             X = [x.astype(np.float64) for x in X]
             Z = [z.astype(np.float64) for z in Z]
             fy, lx, lz = [blk.F0 + blk.op(y) for blk in blocks], None, None
-            if dual_feasible and any(_chol(f) is None for f in fy):
-                dual_feasible = False  # F(y) lost definiteness in float64: Z stays a separate iterate
+            if dual_feasible:  # Z will be F(y): factor it now, or keep Z separate if it lost definiteness
+                lz = [_chol(f) for f in fy]
+                if any(lo is None for lo in lz):
+                    dual_feasible, lz = False, None
         # ---- residuals
         if fy is None:  # F(y); afterwards updated by each step's α_d Σ Δy_i A_i
             fy = [blk.F0 + blk.op(y) for blk in blocks]
