@@ -849,6 +849,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     fy = None
     t0 = time.perf_counter()
     for it in range(max_iters + 1):
+        # drop the last iteration's temporaries before this one makes its own: a smaller heap to fault in
+        gx = u = zinv = gzi = v = m = solve_m = rd_wz = dx = dz = corr_x = dzys = newx = newz = inverses = None
         if to_double:  # leave the float32 phase: the same iterate in float64, F(y) recomputed
             low, to_double, blocks = False, False, blocks64
             X = [x.astype(np.float64) for x in X]
