@@ -78,8 +78,8 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import SolverFailedError
-from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, split_products, threads_for_size,
-                      transpose_copy)
+from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, sparse_times_dense, split_products,
+                      threads_for_size, transpose_copy)
 from .sdp import SDP, add_principal, as_index
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -105,6 +105,9 @@ _EXACT_DUAL = True
 
 # the early iterations run in float32 until the relative gap and infeasibilities are below this
 _SINGLE_PRECISION_UNTIL = 0.1
+
+# factor Grams up to this many entries (32 MB in float64) are formed in memory kept for the solve
+_GRAM_REUSE_MAX = 4_000_000
 
 
 # ----------------------------------------------------------------------------- lifted block data
@@ -291,18 +294,23 @@ class _Block:
         self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
         self.used_index = as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
 
-    @staticmethod
-    def _wcw(w: sp.csr_matrix, lifted: np.ndarray) -> np.ndarray:
-        """``W L Wᵀ`` for a symmetric lifted matrix ``L`` (r × r) and sparse ``W``."""
-        t = np.asarray(w @ lifted)  # R × r
-        return np.asarray(w @ transpose_copy(t))  # sparse × dense wants the dense factor C-contiguous
+    def factor_gram(self, lifted: np.ndarray, signed: bool = False,
+                    work: "_GramWork | None" = None) -> np.ndarray | None:
+        """``W L Wᵀ`` (R × R) of a symmetric lifted ``L = G Y Gᵀ``: the Gram matrix ``h_kᵀ Y h_l`` of
+        the factors, times ``s_k s_l`` when ``signed``; None for a block without variables.
 
-    def factor_gram(self, lifted: np.ndarray, signed: bool = False) -> np.ndarray | None:
-        """``W L Wᵀ`` (R × R) of a lifted ``L = G Y Gᵀ``: the Gram matrix ``h_kᵀ Y h_l`` of the
-        factors, times ``s_k s_l`` when ``signed``; None for a block without variables."""
+        With ``work`` the product and its temporaries are written into that memory (the
+        result is overwritten by the next call with the same ``work``); else new arrays.
+        """
         if not self.R:
             return None
-        return self._wcw(self.W_signed if signed else self.W, lifted)
+        w = self.W_signed if signed else self.W
+        if work is None:
+            t = np.asarray(w @ lifted)  # R × r
+            return np.asarray(w @ transpose_copy(t))  # sparse × dense wants the dense factor C-contiguous
+        t, t_transposed, gram = work.arrays(lifted.dtype)
+        sparse_times_dense(w, lifted, t)
+        return sparse_times_dense(w, transpose_copy(t, out=t_transposed), gram)
 
     def schur_factored(self, wuw: np.ndarray | None, wvw: np.ndarray | None, out: np.ndarray) -> None:
         """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``
@@ -441,6 +449,35 @@ class _Block:
             e = slice(s, min(s + chunk, n_e))
             vals[e] = np.einsum("ij,ij->i", left[self.ea[e]], right[self.eb[e]])
         return self.PT @ (self.eq * vals)
+
+
+class _GramWork:
+    """Memory for one side's factor Gram of one block (:meth:`_Block.factor_gram`), kept for a whole solve.
+
+    Three arrays (``W L``, its transpose, the Gram), sized for float64 and viewed
+    in the precision of the current phase, so that the float32 phase and the
+    float64 phase use the same pages: a fresh R × R array each iteration
+    would be faulted in again page by page (see :func:`~lipsdp.runtime.sparse_times_dense`).
+    """
+
+    def __init__(self, big: int, small: int):
+        self.shapes = ((big, small), (small, big), (big, big))
+        self.raw = [np.empty(a * b * 8, np.uint8) for a, b in self.shapes]
+
+    def arrays(self, dtype) -> tuple:
+        """The three arrays in ``dtype`` (float32 views use the first half of the memory)."""
+        size = np.dtype(dtype).itemsize
+        return tuple(raw[:a * b * size].view(dtype).reshape(a, b) for raw, (a, b) in zip(self.raw, self.shapes))
+
+
+def _gram_work(blocks: list) -> list:
+    """Per block, the (X side, Z side) :class:`_GramWork`, or None where the Grams are large enough
+    (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
+    out = []
+    for blk in blocks:
+        keep = blk.R and max(blk.R, blk.r) ** 2 <= _GRAM_REUSE_MAX
+        out.append((_GramWork(blk.R, blk.r), _GramWork(blk.R, blk.r)) if keep else (None, None))
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -732,13 +769,15 @@ class _SchurSolver:
         return sol / self.scale
 
 
-def _schur_complement(blocks: list, u: list, v: list, n: int) -> np.ndarray:
+def _schur_complement(blocks: list, u: list, v: list, n: int, work: list | None = None) -> np.ndarray:
     """The n × n HKM Schur complement summed over the blocks, from their lifted ``u = G X Gᵀ`` and
     ``v = G Z⁻¹ Gᵀ``; the factor Grams of the X and the Z side are computed at once
-    (:func:`~lipsdp.runtime.in_parallel`) and freed on return (each is R × R)."""
+    (:func:`~lipsdp.runtime.in_parallel`), into ``work`` (per block, the two sides' :class:`_GramWork`)
+    where given, else into new arrays freed on return (each is R × R)."""
     m = np.zeros((n, n))
-    wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, signed=True) for blk, uu in zip(blocks, u)],
-                           lambda: [blk.factor_gram(vv) for blk, vv in zip(blocks, v)])
+    work = work or [(None, None)] * len(blocks)
+    wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, True, wk[0]) for blk, uu, wk in zip(blocks, u, work)],
+                           lambda: [blk.factor_gram(vv, False, wk[1]) for blk, vv, wk in zip(blocks, v, work)])
     for k, blk in enumerate(blocks):
         blk.schur_factored(wuw[k], wvw[k], m)
         wuw[k] = wvw[k] = None
@@ -809,6 +848,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         raise SolverFailedError("a variable with a non-zero cost appears in no constraint: the SDP is unbounded",
                                 "infeasible")
     free_unused = ~used  # variables that appear nowhere (cost 0): fixed at 0
+    gram_work = _gram_work(blocks)
     nu = sum(b.dim for b in blocks) + n_l
     bandwidth = _schur_bandwidth(blocks, n)
 
@@ -929,7 +969,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
             break
 
         # ---- Schur complement
-        m = _schur_complement(blocks, u, v, n)
+        m = _schur_complement(blocks, u, v, n, gram_work)
         if n_l:
             m[nn, nn] += x_l / z_l
         if np.any(free_unused):

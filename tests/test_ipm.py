@@ -395,6 +395,29 @@ def test_single_precision_block_computes_the_same_products():
     assert full.G.dtype == np.float64 and full.apply(y).dtype == np.float64  # the original is untouched
 
 
+def test_factor_gram_into_kept_memory():
+    """Grams formed in a _GramWork equal the freshly allocated ones, in float64 and in float32, and
+    the float32 views use the same memory as the float64 ones (no new pages at the switch)."""
+    from lipsdp.ipm import _Block, _gram_work
+
+    net = random_network(6, max_hidden=3, max_width=12)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    full = _Block(sdp.blocks[0], sdp.n_vars)
+    single = full.cast(np.float32)
+    (work_x, work_z), = _gram_work([full])
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=(full.dim, full.dim))
+    y = y @ y.T + np.eye(full.dim)
+    for signed in (True, False):
+        ref = full.factor_gram(full.lifted(y), signed)
+        kept = full.factor_gram(full.lifted(y), signed, work_x)
+        np.testing.assert_allclose(kept, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+        low = single.factor_gram(single.lifted(y.astype(np.float32)), signed, work_x)
+        assert low.dtype == np.float32 and np.shares_memory(low, kept)
+        np.testing.assert_allclose(low, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert not np.shares_memory(work_x.arrays(np.float64)[2], work_z.arrays(np.float64)[2])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_single_precision_phase_leaves_the_optimum(seed):
     """Starting in float32 (the default) reaches the float64-only optimum, with float64 results."""

@@ -98,6 +98,47 @@ def test_transpose_copy_is_the_transpose(shape):
     assert np.array_equal(transpose_copy(a[:, ::2]), a[:, ::2].T)  # a strided view too
 
 
+def test_transpose_copy_writes_into_the_given_array():
+    from lipsdp.runtime import transpose_copy
+
+    a = np.random.default_rng(1).normal(size=(300, 257))
+    out = np.empty((257, 300))
+    assert transpose_copy(a, tile=128, out=out) is out and np.array_equal(out, a.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_sparse_times_dense_writes_the_product_into_out(dtype, index):
+    """The product lands in the caller's array, overwriting what was there (the kernel adds, so it is
+    cleared first), for both precisions and index types."""
+    import scipy.sparse as sp
+
+    from lipsdp.runtime import sparse_times_dense
+
+    rng = np.random.default_rng(2)
+    w = sp.random(60, 45, density=0.05, format="csr", random_state=3, dtype=dtype)
+    w.indptr, w.indices = w.indptr.astype(index), w.indices.astype(index)
+    x = rng.normal(size=(45, 33)).astype(dtype)
+    out = np.full((60, 33), 7.0, dtype=dtype)
+    for _ in range(2):  # twice into the same memory
+        assert sparse_times_dense(w, x, out) is out
+        np.testing.assert_allclose(out, w.toarray() @ x, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_sparse_times_dense_falls_back_on_mixed_types():
+    """A float32 matrix times a float64 block, or a strided block, goes through scipy's operator."""
+    import scipy.sparse as sp
+
+    from lipsdp.runtime import sparse_times_dense
+
+    w = sp.random(20, 30, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    x = np.random.default_rng(5).normal(size=(30, 24))
+    out = np.ones((20, 24))
+    np.testing.assert_allclose(sparse_times_dense(w, x, out), w.toarray() @ x, rtol=1e-6)
+    out2 = np.ones((20, 12))
+    np.testing.assert_allclose(sparse_times_dense(w, x[:, ::2], out2), w.toarray() @ x[:, ::2], rtol=1e-6)
+
+
 def test_in_parallel_runs_the_first_side_on_the_worker():
     """Both results come back in order; inside split_products the first side runs on another thread."""
     import threading
