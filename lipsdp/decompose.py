@@ -20,6 +20,8 @@ never relied on: the components found are decoupled whatever ``y`` is.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
@@ -104,14 +106,31 @@ def _restrict_term(term: QuadTerm, lift: sp.csr_matrix, basis: sp.coo_matrix, ro
     return QuadTerm(new_lift, new_basis, np.asarray(term.variables), term.sign)
 
 
+# split_block's answers, per block object (blocks are frozen: one estimate asks for the same split
+# when choosing its margin and again in the solver)
+_split_cache: "weakref.WeakKeyDictionary[LMIBlock, object]" = weakref.WeakKeyDictionary()
+_WHOLE = object()  # cached answer "the block does not split"
+
+
 def split_block(block: LMIBlock) -> list[LMIBlock]:
     """``block`` as the list of its decoupled principal sub-blocks (itself when it does not split).
 
     Sub-blocks on which ``F`` is a constant PSD matrix (no variable reaches
     them, e.g. coordinates nothing couples to) are dropped: they hold for every
     ``y``.  A constant block that is not PSD is kept, so the solver reports the
-    program infeasible.
+    program infeasible.  Computed once per block object.
     """
+    parts = _split_cache.get(block)
+    if parts is None:
+        parts = _split_block(block)
+        # "does not split" is stored as a marker (a value holding the block would keep its key alive)
+        _split_cache[block] = _WHOLE if parts == [block] else tuple(parts)
+        return parts
+    return [block] if parts is _WHOLE else list(parts)
+
+
+def _split_block(block: LMIBlock) -> list[LMIBlock]:
+    """The body of :func:`split_block`."""
     coord, term_labels = _component_labels(block)
     n_comp = int(coord.max()) + 1
     if n_comp <= 1:

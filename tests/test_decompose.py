@@ -242,3 +242,31 @@ def test_certify_checks_each_component():
     for max_inflation in (1e-3, 1e6):
         with pytest.raises(CertificationError, match="rho does not reach.*cannot repair"):
             certify(sdp, bad, max_inflation=max_inflation)
+
+
+def test_split_is_computed_once_per_block(monkeypatch):
+    """A second request for the same block's split is answered from the cache, which does not keep
+    the block alive."""
+    import gc
+    import weakref
+
+    from lipsdp import decompose
+
+    sdp = _sdp(_chain([6, 8, 8, 2], 0, maxmin(cross_terms="none")))
+    (block,) = sdp.blocks
+    calls = []
+    real = decompose._split_block
+    monkeypatch.setattr(decompose, "_split_block", lambda b: (calls.append(b), real(b))[1])
+    first = split_block(block)
+    second = split_block(block)
+    assert len(calls) == 1 and len(first) > 1 and [p.dim for p in first] == [p.dim for p in second]
+    assert all(a is b for a, b in zip(first, second))
+    whole = _sdp(_chain([6, 8, 8, 2], 0, "relu")).blocks[0]  # does not split: itself, from the cache too
+    assert split_block(whole) == [whole] and split_block(whole)[0] is whole
+    constant = LMIBlock(2, np.eye(2), (), "C")  # a constant PSD block splits into nothing, cached or not
+    assert split_block(constant) == [] and split_block(constant) == []
+    probe = weakref.ref(block)
+    del sdp, block, first, second
+    calls.clear()
+    gc.collect()
+    assert probe() is None
