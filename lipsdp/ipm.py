@@ -471,8 +471,8 @@ class _GramWork:
 
 
 def _gram_work(blocks: list) -> list:
-    """Per block, the (X side, Z side) :class:`_GramWork`, or None where the Grams are large enough
-    (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
+    """Per block, the (X side, Z side) :class:`_GramWork`, or (None, None) where the Grams are large
+    enough (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
     out = []
     for blk in blocks:
         keep = blk.R and max(blk.R, blk.r) ** 2 <= _GRAM_REUSE_MAX

@@ -74,6 +74,7 @@ def test_multipliers_that_cannot_be_repaired_are_refused(seed):
         certify(sdp, bad)
 
 
+@pytest.mark.filterwarnings("ignore:Solution may be inaccurate")  # cvxpy's warning is the point of the test
 def test_an_inaccurate_solve_is_never_a_bound():
     net = random_network(7, max_hidden=3, max_width=8)
     with pytest.raises(errors.SolverFailedError) as info:
