@@ -12,11 +12,12 @@ neuron or per layer).  The layer-wise (chordal) form of MATH §2 is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
+from .activations import SlopeRestricted
 from .graph import ActivationGroup, SignalGraph
 from .network import Network
 from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_basis
@@ -125,35 +126,72 @@ def lipsdp_layerwise(net: Network, granularity: str = "neuron") -> SDP:
 # ----------------------------------------------------------------------------- reductions
 @dataclass(frozen=True)
 class Normalisation:
-    """``W_k = c_k · Ŵ_k`` with ``‖Ŵ_k‖₂ = 1``; ``bound(W) = Π c_k · bound(Ŵ)``."""
+    """``W_k = c_k · Ŵ_k`` with ``‖Ŵ_k‖₂ = 1``, and slope-restricted activations ``φ_k = β_k ψ_k``;
+    ``bound(net) = Π_k c_k β_k · bound(normalised net)`` (``slopes[k-1] = β_k``, 1 where not scaled)."""
 
     factors: np.ndarray
+    slopes: np.ndarray | None = None
 
     @property
     def product(self) -> float:
-        return float(np.prod(self.factors))
+        return float(np.prod(self.factors) * (1.0 if self.slopes is None else np.prod(self.slopes)))
 
     def lift_multipliers(self, y: np.ndarray, var_layer: np.ndarray) -> np.ndarray:
         """Multipliers of the normalised SDP → multipliers of the original one.
 
         Scaling ``W_k`` by ``c`` scales ρ and every multiplier of layers ``< k`` by
         ``c²`` (change of variables ``x_j → c x_j`` for ``j < k``), so a
-        multiplier of layer ``j`` is multiplied by ``Π_{k>j} c_k²``.
+        multiplier of layer ``j`` is multiplied by ``Π_{k>j} c_k²``.  Writing the
+        activation of layer ``j`` as ``β_j ψ_j`` moves ``β_j`` into the next
+        weight (one more such scaling) and turns its quadratic constraint into
+        ``1/β_j²`` times the original one, so the layer's multipliers are also
+        divided by ``β_j²``.
         """
-        sq = self.factors**2
-        # suffix[j] = Π_{k>j} c_k² with layers 1-based: weights index k-1
-        suffix = np.append(np.cumprod(sq[::-1])[::-1], 1.0)  # suffix[j] = Π_{k≥j+1} c_k²
-        return y * suffix[var_layer]
+        moved = np.ones(self.factors.size) if self.slopes is None else np.r_[1.0, self.slopes]  # β_{k-1} in W_k
+        sq = (self.factors * moved) ** 2
+        # suffix[j] = Π_{k>j} (c_k β_{k-1})² with layers 1-based: weights index k-1
+        suffix = np.append(np.cumprod(sq[::-1])[::-1], 1.0)
+        return y * suffix[var_layer] / moved[var_layer] ** 2
 
 
 def normalise_chain(net: Network) -> tuple[Network, Normalisation]:
-    """Divide each weight of a chain by its spectral norm (exact for the SDP, MATH §4).
+    """Divide each weight of a chain by its spectral norm (exact for the SDP, MATH §4) and each
+    slope-restricted activation by its upper slope (exact as well, shown below).
 
-    Raises nothing for zero layers: a zero weight keeps factor 1 (the bound is 0 anyway).
+    An activation with slopes in ``[α, β]`` (scalar ``β > 0``) is ``β ψ`` with ``ψ`` in
+    ``[α/β, 1]``; ``β`` moves into the next weight.  With ``Δz = β Δẑ`` the slope
+    constraint ``(Δz − αΔv)(βΔv − Δz) ≥ 0`` is ``β²`` times ``(Δẑ − (α/β)Δv)(Δv − Δẑ) ≥ 0``
+    and every other term of the LMI is unchanged, so the SDP is the same up to the
+    scaling of its multipliers (:meth:`Normalisation.lift_multipliers`), but its data
+    are of order one: a deep sigmoid chain (β = 1/4) otherwise has multipliers spread
+    over ``4^{2l}``, on which every solver here stalled or returned bounds several
+    times too loose (width-1 chains, whose constant is known: 7× at depth 4).  Raises nothing for zero layers: a
+    zero weight keeps factor 1 (the bound is 0 anyway).
     """
     factors = np.array([np.linalg.norm(w, 2) for w in net.weights])
     factors = np.where(factors > 0, factors, 1.0)
-    return net.scaled(1.0 / factors), Normalisation(factors)
+    scaled = net.scaled(1.0 / factors)
+    slopes = np.array([_upper_slope(a) for a in net.activations])
+    if not np.any(slopes != 1.0):
+        return scaled, Normalisation(factors)
+    acts = [a if b == 1.0 else _divided(a, b) for a, b in zip(net.activations, slopes)]
+    return Network.from_weights(scaled.weights, scaled.biases, acts), Normalisation(factors, slopes)
+
+
+def _upper_slope(activation) -> float:
+    """``β`` of a slope-restricted activation with one positive upper slope, else 1 (left as is)."""
+    if not isinstance(activation, SlopeRestricted) or np.ndim(activation.beta) != 0 or np.ndim(activation.alpha) != 0:
+        return 1.0
+    beta = float(activation.beta)
+    return beta if beta > 0 else 1.0
+
+
+def _divided(activation: SlopeRestricted, beta: float) -> SlopeRestricted:
+    """``φ / β`` (slopes ``[α/β, 1]``)."""
+    fn, der = activation.fn, activation.derivative
+    return replace(activation, alpha=float(activation.alpha) / beta, beta=1.0, name=f"{activation.name}/{beta:g}",
+                   fn=None if fn is None else (lambda v: fn(v) / beta),
+                   derivative=None if der is None else (lambda v: der(v) / beta))
 
 
 def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:

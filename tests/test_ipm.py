@@ -395,6 +395,48 @@ def test_single_precision_block_computes_the_same_products():
     assert full.G.dtype == np.float64 and full.apply(y).dtype == np.float64  # the original is untouched
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_deep_sigmoid_chains_match_cvxopt_and_stay_above_lower_bounds(seed):
+    """Deep sigmoid chains (slopes in [0, 1/4]) have bounds of order 4^-depth: with the slopes
+    normalised the ipm solves them and agrees with CVXOPT; the bound stays above a lower bound."""
+    from lipsdp.lower import gradient_lower_bound
+
+    if "cvxpy:CVXOPT" not in lipsdp.solvers():
+        pytest.skip("cvxpy:CVXOPT not available")
+    rng = np.random.default_rng(40 + seed)
+    sizes = [int(rng.integers(4, 30))] + [int(rng.integers(8, 24))] * int(rng.integers(4, 7)) + [int(rng.integers(1, 4))]
+    weights = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes[:-1], sizes[1:])]
+    net = lipsdp.Network.from_weights(weights, activation="sigmoid")
+    ours = lipsdp.estimate(net, method="lipsdp-neuron", solver="ipm")
+    ref = lipsdp.estimate(net, method="lipsdp-neuron", solver="cvxpy:CVXOPT")
+    assert abs(ours.value - ref.value) <= 1e-6 * ref.value, (ours.value, ref.value)
+    assert ours.value >= gradient_lower_bound(net, n_starts=4, steps=40).value * (1 - 1e-9)
+
+
+def test_slope_normalisation_moves_the_slope_into_the_next_weight():
+    """normalise_chain: a sigmoid layer becomes slopes [0, 1] with 1/4 in the bound's product; the
+    ReLU layer and the GroupSort-free chain are left alone; multipliers lift back to a certificate."""
+    from lipsdp.activations import SlopeRestricted
+    from lipsdp.certify import certify
+
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(2, 5))]
+    acts = [lipsdp.activations.sigmoid(), lipsdp.activations.relu()]
+    net = lipsdp.Network.from_weights(weights, None, acts)
+    work, norm = fm.normalise_chain(net)
+    assert isinstance(work.activations[0], SlopeRestricted) and work.activations[0].beta == 1.0
+    assert work.activations[0].alpha == 0.0 and work.activations[1] is acts[1]
+    norms = np.array([np.linalg.norm(w, 2) for w in weights])
+    assert norm.product == pytest.approx(float(np.prod(norms)) * 0.25, rel=1e-12)
+    x = rng.normal(size=6)
+    assert np.allclose(work.activations[0].forward(x), acts[0].forward(x) / 0.25)
+    sdp_hat = fm.lipsdp_l2(build_graph(work), "neuron")
+    res = solve_with_ipm(sdp_hat)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    cert = certify(sdp, norm.lift_multipliers(res.y, sdp_hat.var_layer))
+    assert cert.value == pytest.approx(sdp_hat.bound(res.y[0]) * norm.product, rel=1e-6)
+
+
 def test_factor_gram_into_kept_memory():
     """Grams formed in a _GramWork equal the freshly allocated ones, in float64 and in float32, and
     the float32 views use the same memory as the float64 ones (no new pages at the switch)."""

@@ -60,3 +60,17 @@ def test_lipsdp_network_counterexample_stays_above_true_constant():
     for method in SDP_METHODS + ("naive",):
         assert lipsdp.estimate(net, method=method).value >= exact.max_realizable * (1 - 1e-9)
     assert "lipsdp-network" not in lipsdp.methods()
+
+
+@pytest.mark.parametrize("depth", [1, 4, 8])
+@pytest.mark.parametrize("method", SDP_METHODS)
+def test_scalar_sigmoid_chain_is_exact(depth, method):
+    """A width-1 sigmoid chain without biases has L = Π|w_k| / 4^depth (every slope 1/4 at x = 0),
+    and the SDP is exact on it.  Deep chains test the slope normalisation: without it the
+    multipliers spread over 4^(2·depth) and the solvers stalled or returned loose bounds."""
+    ws = [np.array([[w]]) for w in np.random.default_rng(depth).uniform(0.5, 2.0, size=depth + 1)]
+    net = lipsdp.Network.from_weights(ws, activation="sigmoid")
+    true = float(np.prod([abs(w[0, 0]) for w in ws])) / 4**depth
+    b = lipsdp.estimate(net, method=method)
+    assert true * (1 - 1e-9) <= b.value <= true * (1 + 1e-6), (b.value, true)
+
