@@ -165,8 +165,9 @@ def normalise_chain(net: Network) -> tuple[Network, Normalisation]:
     scaling of its multipliers (:meth:`Normalisation.lift_multipliers`), but its data
     are of order one: a deep sigmoid chain (β = 1/4) otherwise has multipliers spread
     over ``4^{2l}``, on which every solver here stalled or returned bounds several
-    times too loose (width-1 chains, whose constant is known: 7× at depth 4).  Raises nothing for zero layers: a
-    zero weight keeps factor 1 (the bound is 0 anyway).
+    times too loose (width-1 chains, whose constant is known: 7× at depth 4).
+
+    Raises nothing for zero layers: a zero weight keeps factor 1 (the bound is 0 anyway).
     """
     factors = np.array([np.linalg.norm(w, 2) for w in net.weights])
     factors = np.where(factors > 0, factors, 1.0)
