@@ -300,16 +300,14 @@ class _Block:
         the factors, times ``s_k s_l`` when ``signed``; None for a block without variables.
 
         With ``work`` the product and its temporaries are written into that memory (the
-        result is overwritten by the next call with the same ``work``); else new arrays.
+        result is overwritten by the next call with the same ``work``); else into new memory.
         """
         if not self.R:
             return None
         w = self.W_signed if signed else self.W
-        if work is None:
-            t = np.asarray(w @ lifted)  # R × r
-            return np.asarray(w @ transpose_copy(t))  # sparse × dense wants the dense factor C-contiguous
-        t, t_transposed, gram = work.arrays(lifted.dtype)
-        sparse_times_dense(w, lifted, t)
+        t, t_transposed, gram = (work or _GramWork(self.R, self.r, lifted.dtype.itemsize)).arrays(lifted.dtype)
+        sparse_times_dense(w, lifted, t)  # R × r
+        # sparse × dense wants the dense factor C-contiguous
         return sparse_times_dense(w, transpose_copy(t, out=t_transposed), gram)
 
     def schur_factored(self, wuw: np.ndarray | None, wvw: np.ndarray | None, out: np.ndarray) -> None:
@@ -454,15 +452,15 @@ class _Block:
 class _GramWork:
     """Memory for one side's factor Gram of one block (:meth:`_Block.factor_gram`), kept for a whole solve.
 
-    Three arrays (``W L``, its transpose, the Gram), sized for float64 and viewed
-    in the precision of the current phase, so that the float32 phase and the
-    float64 phase use the same pages: a fresh R × R array each iteration
+    Three arrays (``W L``, its transpose, the Gram), sized for ``itemsize`` (float64
+    by default) and viewed in the precision of the current phase, so that the
+    float32 phase and the float64 phase use the same pages: a fresh R × R array each iteration
     would be faulted in again page by page (see :func:`~lipsdp.runtime.sparse_times_dense`).
     """
 
-    def __init__(self, big: int, small: int):
+    def __init__(self, big: int, small: int, itemsize: int = 8):
         self.shapes = ((big, small), (small, big), (big, big))
-        self.raw = [np.empty(a * b * 8, np.uint8) for a, b in self.shapes]
+        self.raw = [np.empty(a * b * itemsize, np.uint8) for a, b in self.shapes]
 
     def arrays(self, dtype) -> tuple:
         """The three arrays in ``dtype`` (float32 views use the first half of the memory)."""

@@ -218,10 +218,10 @@ def sparse_times_dense(w: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> np.n
     output) when the index and value types all agree; otherwise, or if a scipy
     release no longer has that kernel, it computes ``w @ x`` and copies it in.
     """
-    out.fill(0)
     if (_csr_matvecs is not None and x.flags.c_contiguous and out.flags.c_contiguous
             and w.data.dtype == x.dtype == out.dtype and w.indptr.dtype == w.indices.dtype
             and x.shape[0] == w.shape[1] and out.shape == (w.shape[0], x.shape[1])):
+        out.fill(0)
         _csr_matvecs(w.shape[0], w.shape[1], x.shape[1], w.indptr, w.indices, w.data, x.ravel(), out.ravel())
     else:
         out[...] = w @ x
