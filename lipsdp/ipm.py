@@ -108,6 +108,8 @@ _SINGLE_PRECISION_UNTIL = 0.1
 
 # factor Grams up to this many entries (32 MB in float64) are formed in memory kept for the solve
 _GRAM_REUSE_MAX = 4_000_000
+# the Schur reduction sums factor runs by strided slices up to this many runs, else by a sparse product
+_MAX_FACTOR_RUNS = 16
 
 
 # ----------------------------------------------------------------------------- lifted block data
@@ -287,8 +289,8 @@ class _Block:
         self.W = sp.csr_matrix((vals_w, (rows_w, cols_w)), shape=(count, self.r))
         self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.fvar) != 0]) if count else np.zeros(0, np.int64)
         counts = np.diff(np.r_[self.f_starts, count]) if count else np.zeros(0, np.int64)
-        self.f_uniform = int(counts[0]) if counts.size and np.all(counts == counts[0]) else 0
-        # (R × #used variables) 0/1 matrix summing each variable's factors (unequal counts)
+        self.f_runs = _factor_runs(counts)
+        # (R × #used variables) 0/1 matrix summing each variable's factors (many runs of unequal counts)
         owner = np.repeat(np.arange(counts.size), counts)
         self.factor_sum = sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
         self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
@@ -325,10 +327,8 @@ class _Block:
         Only the rows and columns of the variables this block uses are touched
         (many small blocks share one n × n Schur complement).
         """
-        n_used = self.f_starts.size
-        if self.f_uniform:
-            g = self.f_uniform
-            red = k.reshape(n_used, g, n_used, g).sum(axis=(1, 3))
+        if len(self.f_runs) <= _MAX_FACTOR_RUNS:
+            red = _sum_factor_runs(_sum_factor_runs(k, self.f_runs).T, self.f_runs).T
         else:
             red = np.asarray(self.factor_sum.T @ np.asarray(self.factor_sum.T @ k).T)
         red += red.T
@@ -447,6 +447,42 @@ class _Block:
             e = slice(s, min(s + chunk, n_e))
             vals[e] = np.einsum("ij,ij->i", left[self.ea[e]], right[self.eb[e]])
         return self.PT @ (self.eq * vals)
+
+
+def _factor_runs(counts: np.ndarray) -> list:
+    """Runs of consecutive variables with equally many factors: ``(first factor, variables, factors
+    per variable)`` (the factors of each variable are consecutive, variables in order)."""
+    runs = []
+    start = 0
+    for g in counts.tolist():
+        if runs and runs[-1][2] == g:
+            runs[-1][1] += 1
+        else:
+            runs.append([start, 1, g])
+        start += g
+    return [tuple(r) for r in runs]
+
+
+def _sum_factor_runs(k: np.ndarray, runs: list) -> np.ndarray:
+    """Rows of ``k`` summed over each variable's factors (:func:`_factor_runs`): one strided slice
+    per factor position of a run, added whole (numpy's grouped reductions over an R × R array cost
+    ten times more: 1.0–1.5 ms against 0.13 ms at R = 464)."""
+    out = np.empty((sum(n for _, n, _ in runs), k.shape[1]), dtype=k.dtype)
+    pos = 0
+    for start, n, g in runs:
+        dst = out[pos:pos + n]
+        if n == 1:
+            np.sum(k[start:start + g], axis=0, out=dst[0])
+        else:
+            stop = start + n * g
+            if g == 1:
+                dst[...] = k[start:stop]
+            else:
+                np.add(k[start:stop:g], k[start + 1:stop:g], out=dst)
+                for t in range(2, g):
+                    dst += k[start + t:stop:g]
+        pos += n
+    return out
 
 
 class _GramWork:

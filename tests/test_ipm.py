@@ -226,13 +226,19 @@ def test_unmirrored_entries_act_through_their_symmetric_part():
 @pytest.mark.parametrize("activation", ["relu", "tanh", "maxmin", "maxmin_chain"])
 @pytest.mark.parametrize("granularity", ["neuron", "layer"])
 @pytest.mark.parametrize("spread", [False, True])
-def test_factored_schur_complement_is_exact(activation, granularity, spread):
+@pytest.mark.parametrize("reduction", ["runs", "sparse"])
+def test_factored_schur_complement_is_exact(activation, granularity, spread, reduction, monkeypatch):
     """M_ij = tr(A_i X A_j Z⁻¹) from the factored lifted form equals the brute-force trace.
 
     ``spread``: the block's variables sit at the even indices of a program twice as
-    large, so the rows/columns it adds into are not a contiguous range.
+    large, so the rows/columns it adds into are not a contiguous range.  ``reduction``:
+    the factor sums by strided runs, or by the sparse product kept for many runs.
     """
+    import lipsdp.ipm as ipm_module
     from lipsdp.ipm import _Block
+
+    if reduction == "sparse":
+        monkeypatch.setattr(ipm_module, "_MAX_FACTOR_RUNS", 0)
 
     if activation.startswith("maxmin"):
         from lipsdp.group_activations import maxmin
@@ -258,6 +264,22 @@ def test_factored_schur_complement_is_exact(activation, granularity, spread):
     ours = np.zeros((n, n))
     lifted.schur_factored(lifted.factor_gram(lifted.lifted(x), signed=True), lifted.factor_gram(lifted.lifted(zi)), ours)
     assert np.allclose(ours, brute, rtol=1e-10, atol=1e-10 * np.abs(brute).max())
+
+
+def test_factor_runs_sum_each_variables_factors():
+    """Summing rows over runs of equally many factors equals a grouped sum, for random counts
+    (single-factor variables, one wide variable, interleaved runs)."""
+    from lipsdp.ipm import _factor_runs, _sum_factor_runs
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        counts = np.repeat(rng.integers(1, 6, size=rng.integers(1, 12)), rng.integers(1, 5, size=1))
+        counts = np.r_[counts, rng.integers(1, 70, size=rng.integers(0, 2))]
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        k = rng.normal(size=(int(counts.sum()), 7))
+        runs = _factor_runs(counts)
+        assert sum(n for _, n, _ in runs) == counts.size
+        assert np.allclose(_sum_factor_runs(k, runs), np.add.reduceat(k, starts, axis=0), rtol=1e-12, atol=1e-12)
 
 
 def test_batched_lanczos_bounds_the_smallest_eigenvalue():
