@@ -79,7 +79,7 @@ import scipy.sparse as sp
 
 from .errors import SolverFailedError
 from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, sparse_times_dense, split_products,
-                      threads_for_size, transpose_copy)
+                      threads_for_size, transpose_copy, worth_a_second_thread)
 from .sdp import SDP, add_principal, as_index
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -1179,7 +1179,8 @@ def solve_with_ipm(sdp: SDP, tol: float = 1e-7, accept_tol: float = 1e-7, max_it
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
     threads = threads_for_size(max(b.dim for b in sdp.blocks))
-    with blas_threads(threads), split_products(threads == 1), heap_reuse():
+    two_threads = threads == 1 and worth_a_second_thread(b.dim for b in sdp.blocks)
+    with blas_threads(threads), split_products(two_threads), heap_reuse():
         res = ipm_solve(sdp, tol=tol, accept_tol=accept_tol, max_iters=max_iters, verbose=verbose)
     elapsed = time.perf_counter() - start
     return SolveResult(res.y, "optimal", float(sdp.objective @ res.y), "ipm", elapsed,

@@ -37,12 +37,24 @@ _heap_depth = 0  # nesting depth of heap_reuse (only the outermost context chang
 
 # split_products: products of at least this many flops run as two row halves on two threads
 SPLIT_MIN_FLOPS = 1e7
+# a solve uses the second thread (split_products, in_parallel) only when its blocks hold at least this
+# much dense work, Σ d³ over blocks: below it, handing work to the other thread and waking it costs
+# more than the halves save (measured here with one-thread and two-thread solves alternating in one
+# process, medians of 30: LMI 110 44 vs 61 ms, 160 89 vs 115 ms, a 10-16³-4 MaxMin chain 51 vs 75 ms;
+# even at 240–264; 544 1.01 s with two threads vs 1.19 s with one)
+PARALLEL_MIN_WORK = 256 ** 3
 _split_depth = 0  # nesting depth of split_products (0: products run as plain np.matmul)
 _pair_active = False  # both threads are busy with one side each of in_parallel: products run unsplit
 _worker_ident = None  # thread id of the worker (code running there never hands work to itself)
 _split_lock = threading.Lock()
 _split_pool: ThreadPoolExecutor | None = None
 _split_pool_pid = 0  # the process that started the worker (a forked child has no worker thread)
+
+
+def worth_a_second_thread(dims) -> bool:
+    """Whether dense work on blocks of sizes ``dims`` is large enough to share between two threads
+    (:data:`PARALLEL_MIN_WORK`)."""
+    return sum(float(d) ** 3 for d in dims) >= PARALLEL_MIN_WORK
 
 
 def threads_for_size(size: int) -> int | None:

@@ -98,11 +98,39 @@ def test_split_products_leave_the_solve_unchanged(monkeypatch):
     work, _ = fm.normalise_chain(lipsdp.Network.from_weights(ws))
     sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
     assert 2.0 * sdp.blocks[0].dim ** 3 >= runtime.SPLIT_MIN_FLOPS
+    assert runtime.worth_a_second_thread([sdp.blocks[0].dim])
     split = solve_with_ipm(sdp)
     monkeypatch.setattr(runtime, "SPLIT_MIN_FLOPS", float("inf"))
     plain = solve_with_ipm(sdp)
     assert abs(split.objective - plain.objective) <= 1e-8 * abs(plain.objective)
     assert abs(split.info["iterations"] - plain.info["iterations"]) <= 1
+
+
+@pytest.mark.parametrize("widths, shared", [([10, 50, 50, 10], False), ([30, 120, 120, 5], True)])
+def test_small_solves_stay_on_one_thread(widths, shared, monkeypatch):
+    """The second thread is asked for only when the blocks hold enough dense work to share
+    (LMI 110: no; 270: yes), and the answer is the same either way."""
+    import lipsdp.ipm as ipm_module
+    from lipsdp import runtime
+
+    asked = []
+    real = ipm_module.split_products
+
+    def recording(enabled=True):
+        asked.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(ipm_module, "split_products", recording)
+    rng = np.random.default_rng(4)
+    ws = [rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k]) for k in range(len(widths) - 1)]
+    work, _ = fm.normalise_chain(lipsdp.Network.from_weights(ws))
+    sdp = fm.lipsdp_l2(fm.reduce_graph(build_graph(work)), "neuron")
+    chosen = solve_with_ipm(sdp)
+    assert asked == [shared]
+    monkeypatch.setattr(runtime, "PARALLEL_MIN_WORK", 0.0 if not shared else float("inf"))
+    other = solve_with_ipm(sdp)
+    assert asked == [shared, not shared]
+    assert abs(chosen.objective - other.objective) <= 1e-8 * abs(other.objective)
 
 
 @pytest.mark.parametrize("name", ["random_weights.mat", "mnist_weights.mat"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lipsdp import runtime
-from lipsdp.runtime import blas_threads, heap_reuse, matmul, split_products
+from lipsdp.runtime import blas_threads, heap_reuse, matmul, split_products, worth_a_second_thread
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 250), (301, 64, 257), (40, 500, 500)])
@@ -216,3 +216,12 @@ def test_blas_threads_limit_and_restore():
             pass
         assert all(n == 1 for n in counts())
     assert counts() == before
+
+
+def test_second_thread_only_for_enough_dense_work():
+    """One block of 110 or 240 rows: no; one of 270 rows, or many blocks of 128 (a split MaxMin chain): yes."""
+    assert not worth_a_second_thread([110])
+    assert not worth_a_second_thread([240])
+    assert not worth_a_second_thread([10, 16, 16, 16])
+    assert worth_a_second_thread([270])
+    assert worth_a_second_thread([128] * 36)
