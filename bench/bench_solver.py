@@ -115,6 +115,7 @@ def main(argv=None) -> int:
         size = _lmi_size(weights)
         if only and name not in only and str(size) not in only:
             continue
+        net_rows, plans = [], []
         for solver in solvers:
             if act != "relu" and solver != "ipm":
                 pred = 659.0 if solver == "cvxpy:SCS" else predicted_seconds(solver, size)  # SCS: measured
@@ -123,22 +124,25 @@ def main(argv=None) -> int:
             row = {"network": name, "lmi_size": size, "method": "lipsdp-neuron", "solver": solver,
                    "certified_bound": float("nan"), "seconds": float("nan"), "solver_seconds": float("nan"),
                    "peak_mb": float("nan"), "status": "", "runs": 0}
+            net_rows.append(row)
             if solver.startswith("cvxpy:") and not args.full and pred > args.cap:
                 row["status"] = f"skipped (predicted {pred:.0f} s > cap {args.cap:.0f} s; --full runs it)"
-                rows.append(row)
-                print(row, flush=True)
                 continue
             cap = args.ours_cap if not solver.startswith("cvxpy:") else (None if args.full else args.cap)
-            out, runs = _median_run(weights, act, solver, cap, args.repeat, args.repeat_below)
-            row["runs"] = runs
+            plans.append((row, solver, cap))
+        outs = _interleaved_runs(weights, act, plans, args.repeat, args.repeat_below)
+        for (row, _, _), runs in zip(plans, outs):
+            out, row["runs"] = _median_of(runs), len([o for o in runs if o["status"] == "ok"]) or 1
             if out["status"] == "ok":
                 res = out["result"]
                 row.update(certified_bound=res["bound"], seconds=res["seconds"], solver_seconds=res["solver_seconds"],
                            peak_mb=out["peak_mb"], status="ok", lmi_size=res["lmi_size"] or size)
             else:
                 row["status"] = out["status"][:160]
-            rows.append(row)
+        for row in net_rows:
             print(row, flush=True)
+        _print_speedups(net_rows)
+        rows.extend(net_rows)
     if args.merge:
         rows = _merged(rows)
     write_table(rows, "bench_solver.csv")
@@ -146,21 +150,44 @@ def main(argv=None) -> int:
     return 0
 
 
-def _median_run(weights, act: str, solver: str, cap, repeat: int, repeat_below: float) -> tuple[dict, int]:
-    """One fresh-process run of the case, or ``repeat`` of them when the first took under
-    ``repeat_below`` s: the run with the median seconds (peak memory: the largest), and the count.
+def _interleaved_runs(weights, act: str, plans: list, repeat: int, repeat_below: float) -> list:
+    """Fresh-process runs of one network's cases: one each, then ``repeat − 1`` more rounds of the
+    cases whose first run took under ``repeat_below`` s, one case after the other in each round.
 
-    Every run is a cold start (a new process, imports excluded), as a user's first call is; the
-    median guards the table against a noisy moment on a shared machine.
+    Every run is a cold start (a new process, imports excluded), as a user's first call is.  The
+    rounds alternate the solvers, so a slow or fast spell of a shared machine falls on all of them
+    alike and the speed-ups compare like with like (runs of one solver back to back would put its
+    whole sample in one spell).
     """
-    first = run_isolated(_case, weights, act, solver, timeout=cap)
-    if first["status"] != "ok" or repeat <= 1 or first["result"]["seconds"] >= repeat_below:
-        return first, 1
-    outs = [first] + [run_isolated(_case, weights, act, solver, timeout=cap) for _ in range(repeat - 1)]
-    good = sorted((o for o in outs if o["status"] == "ok"), key=lambda o: o["result"]["seconds"])
+    runs = [[run_isolated(_case, weights, act, solver, timeout=cap)] for _, solver, cap in plans]
+    again = [k for k, first in enumerate(runs)
+             if repeat > 1 and first[0]["status"] == "ok" and first[0]["result"]["seconds"] < repeat_below]
+    for _ in range(repeat - 1):
+        for k in again:
+            _, solver, cap = plans[k]
+            runs[k].append(run_isolated(_case, weights, act, solver, timeout=cap))
+    return runs
+
+
+def _median_of(runs: list) -> dict:
+    """The run with the median seconds among the successful ones (peak memory: the largest of them),
+    or the first run when none succeeded."""
+    good = sorted((o for o in runs if o["status"] == "ok"), key=lambda o: o["result"]["seconds"])
+    if not good:
+        return runs[0]
     median = dict(good[(len(good) - 1) // 2])
     median["peak_mb"] = max(o["peak_mb"] for o in good)
-    return median, len(good)
+    return median
+
+
+def _print_speedups(net_rows: list) -> None:
+    """How many times faster the structured solver was than each baseline on this network."""
+    ours = {r["solver"]: r["seconds"] for r in net_rows if r["status"] == "ok"}
+    if "ipm" not in ours:
+        return
+    for solver, sec in ours.items():
+        if solver.startswith("cvxpy:"):
+            print(f"  {net_rows[0]['network']}: ipm {sec / ours['ipm']:.1f}x faster than {solver}", flush=True)
 
 
 def _merged(rows: list[dict]) -> list[dict]:
