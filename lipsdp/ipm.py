@@ -465,8 +465,9 @@ def _factor_runs(counts: np.ndarray) -> list:
 
 def _sum_factor_runs(k: np.ndarray, runs: list) -> np.ndarray:
     """Rows of ``k`` summed over each variable's factors (:func:`_factor_runs`): one strided slice
-    per factor position of a run, added whole (numpy's grouped reductions over an R × R array cost
-    ten times more: 1.0–1.5 ms against 0.13 ms at R = 464)."""
+    per factor position of a run, added whole.  Measured here at R = 464 (LMI 264), rows then
+    columns: 0.14 ms against 1.0 ms (a reshape and sum) or 1.6 ms (the sparse product) on their
+    own, 0.38 ms against 0.72 ms inside a solve."""
     out = np.empty((sum(n for _, n, _ in runs), k.shape[1]), dtype=k.dtype)
     pos = 0
     for start, n, g in runs:
