@@ -594,23 +594,31 @@ def _lanczos_smallest(matvec, start: np.ndarray, max_steps: int = _LANCZOS_STEPS
     alpha = np.zeros((b, k))
     beta = np.zeros((b, k))
     v = start / np.maximum(np.linalg.norm(start, axis=1, keepdims=True), 1e-300)
+    scale = np.full(b, 1e-300)  # largest |α| of each run so far: breakdown is judged against it
     for j in range(k):
         basis[:, j] = v
         w = matvec(v)
-        alpha[:, j] = np.einsum("ij,ij->i", v, w)
+        a_j = np.einsum("ij,ij->i", v, w)
+        alpha[:, j] = a_j
+        np.maximum(scale, np.abs(a_j), out=scale)
         done = basis[:, :j + 1]
+        done_t = done.transpose(0, 2, 1)
+        w3 = w[:, None, :]
         for _ in range(2):
-            coef = np.matmul(done, w[:, :, None])  # b × (j+1) × 1
-            w -= np.matmul(coef.transpose(0, 2, 1), done)[:, 0]
-        nrm = np.linalg.norm(w, axis=1)
+            w3 -= np.matmul(np.matmul(w3, done_t), done)  # b × 1 × n
+        nrm = np.sqrt(np.einsum("ij,ij->i", w, w))
         beta[:, j] = nrm
-        broken = nrm <= 1e-12 * np.maximum(np.max(np.abs(alpha[:, :j + 1]), axis=1), 1e-300)
-        if j + 1 == k or np.all(broken) or (j + 1 >= _LANCZOS_MIN_STEPS and (j + 1) % 2 == 0):
+        broken = nrm <= 1e-12 * scale
+        any_broken = broken.any()
+        if j + 1 == k or (any_broken and broken.all()) or (j + 1 >= _LANCZOS_MIN_STEPS and (j + 1) % 2 == 0):
             theta, vecs = _tridiagonal_smallest(alpha[:, :j + 1], beta[:, :j])
             resid = np.abs(nrm * vecs[:, -1])
             if j + 1 == k or np.all(broken | (resid <= tol * np.maximum(np.abs(theta), floor))):
                 break
-        v = np.where(broken[:, None], 0.0, w / np.where(broken, 1.0, nrm)[:, None])
+        if any_broken:
+            v = np.where(broken[:, None], 0.0, w / np.where(broken, 1.0, nrm)[:, None])
+        else:
+            v = w / nrm[:, None]
     ritz = np.matmul(vecs[:, None, :], basis[:, :vecs.shape[1]])[:, 0]
     return theta - _RITZ_SLACK * np.abs(theta), ritz
 
