@@ -3,7 +3,8 @@
 Rows: network, LMI size, method, solver, certified bound, seconds (the whole
 certified estimate, ``LipschitzBound.solve_time``: reductions + SDP build +
 solve + float64 certification; imports excluded; each run in a fresh process,
-the median of ``--repeat`` runs for cases under ``--repeat-below`` seconds),
+the median of ``--repeat`` runs for cases under ``--repeat-below`` seconds, the
+solvers of one network taking turns run by run),
 solver seconds, peak resident memory of the case's fresh process (MiB), status,
 runs.
 
