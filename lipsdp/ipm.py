@@ -290,9 +290,6 @@ class _Block:
         self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.fvar) != 0]) if count else np.zeros(0, np.int64)
         counts = np.diff(np.r_[self.f_starts, count]) if count else np.zeros(0, np.int64)
         self.f_runs = _factor_runs(counts)
-        # (R × #used variables) 0/1 matrix summing each variable's factors (many runs of unequal counts)
-        owner = np.repeat(np.arange(counts.size), counts)
-        self.factor_sum = sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
         self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
         self.used_index = as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
 
@@ -320,6 +317,14 @@ class _Block:
             return
         wuw *= wvw
         self.reduce_factors(wuw, out)
+
+    @functools.cached_property
+    def factor_sum(self) -> sp.csr_matrix:
+        """(R × #used variables) 0/1 matrix summing each variable's factors: :meth:`reduce_factors`'
+        path for blocks of more than ``_MAX_FACTOR_RUNS`` runs, built on first use."""
+        counts = np.diff(np.r_[self.f_starts, self.R])
+        owner = np.repeat(np.arange(counts.size), counts)
+        return sp.csr_matrix((np.ones(self.R), (np.arange(self.R), owner)), shape=(self.R, counts.size))
 
     def reduce_factors(self, k: np.ndarray, out: np.ndarray) -> None:
         """Add ``M_ij = Σ_{k∈i, l∈j} K_kl`` (symmetric R × R ``K``, signs included) into ``out``.
