@@ -6,7 +6,8 @@ solve + float64 certification; imports excluded; each run in a fresh process,
 the median of ``--repeat`` runs for cases under ``--repeat-below`` seconds, the
 solvers of one network taking turns run by run),
 solver seconds, peak resident memory of the case's fresh process (MiB), status,
-runs.
+runs, and ``above_reference`` (certified bound / the network's ``cvxpy:CVXOPT``
+bound − 1: the accuracy the targets ask of a solver, within 1e-6).
 
     python bench/bench_solver.py            # cvxpy baselines predicted > --cap s are skipped
     python bench/bench_solver.py --full     # run every baseline (hours)
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         rows.extend(net_rows)
     if args.merge:
         rows = _merged(rows)
-    write_table(rows, "bench_solver.csv")
+    write_table(_with_reference_gap(rows), "bench_solver.csv")
     _plot(rows)
     return 0
 
@@ -189,6 +190,21 @@ def _print_speedups(net_rows: list) -> None:
     for solver, sec in ours.items():
         if solver.startswith("cvxpy:"):
             print(f"  {net_rows[0]['network']}: ipm {sec / ours['ipm']:.1f}x faster than {solver}", flush=True)
+
+
+def _with_reference_gap(rows: list[dict]) -> list[dict]:
+    """The rows with ``above_reference``: certified bound / reference − 1, where the reference is the
+    same network's ``cvxpy:CVXOPT`` certified bound (the reference interior-point optimum the targets
+    measure accuracy against); NaN where either is missing.  Both are certified, so both lie above
+    the true optimum: a positive value is how much looser a solver's bound is than the reference's."""
+    reference = {r["network"]: r["certified_bound"] for r in rows
+                 if r["solver"] == "cvxpy:CVXOPT" and r["status"] == "ok"}
+    out = []
+    for r in rows:
+        ref = reference.get(r["network"], float("nan"))
+        gap = r["certified_bound"] / ref - 1.0 if r["status"] == "ok" else float("nan")
+        out.append({**r, "above_reference": gap})
+    return out
 
 
 def _merged(rows: list[dict]) -> list[dict]:
