@@ -13,6 +13,11 @@ bound − 1: the accuracy the targets ask of a solver, within 1e-6).
     python bench/bench_solver.py --full     # run every baseline (hours)
     python bench/bench_solver.py --only 264,544 --cap 120
     python bench/bench_solver.py --only 784-1024x3-10 --solvers ipm,firstorder --merge   # add rows to the table
+    python bench/bench_solver.py --only 264 --solvers ipm,cvxpy:SCS,cvxpy:SCS@1e-8 --merge  # SCS at a tighter tolerance
+
+A solver name ``cvxpy:NAME@TOL`` runs that reference path with every tolerance of its
+defaults (``lipsdp.solvers``: SCS ``eps_abs``/``eps_rel``, CVXOPT ``abstol``/``reltol``/``feastol``)
+set to ``TOL``: a baseline asked for the accuracy the targets ask of ``ipm``.
 
 Writes results/bench_solver.csv (atomically) and results/bench_solver.png
 (log-log seconds vs LMI size, matplotlib Agg).
@@ -39,7 +44,7 @@ _MEASURED = {
 
 def predicted_seconds(solver: str, size: int) -> float:
     """Power-law extrapolation through the two largest measurements."""
-    pts = _MEASURED.get(solver)
+    pts = _MEASURED.get(solver.split("@")[0])
     if not pts:
         return 0.0
     (s1, t1), (s2, t2) = pts[-2], pts[-1]
@@ -63,11 +68,32 @@ def networks(include_big: bool = True):
     return nets
 
 
-def _case(weights, activation: str, solver: str):
+def solver_and_options(spec: str) -> tuple[str, dict]:
+    """``"cvxpy:SCS@1e-8"`` → ``("cvxpy:SCS", {"eps_abs": 1e-8, "eps_rel": 1e-8})``: every tolerance of
+    the reference path's defaults set to the number after ``@``; a plain name has no options."""
+    from lipsdp.solvers import _CVXPY_DEFAULTS
+
+    name, _, tol = spec.partition("@")
+    if not tol:
+        return name, {}
+    if not name.startswith("cvxpy:"):
+        raise SystemExit(f"{spec!r}: a tolerance (@TOL) is only known for the cvxpy reference paths")
+    keys = [k for k in _CVXPY_DEFAULTS.get(name.split(":", 1)[1].upper(), {}) if k != "max_iters"]
+    if not keys:
+        raise SystemExit(f"{spec!r}: no tolerances are known for {name}")
+    try:
+        value = float(tol)
+    except ValueError:
+        raise SystemExit(f"{spec!r}: the tolerance after '@' is not a number") from None
+    return name, {k: value for k in keys}
+
+
+def _case(weights, activation: str, spec: str):
     import lipsdp
     import lipsdp.ipm  # noqa: F401
     from lipsdp.solvers import resolve_solver
 
+    solver, options = solver_and_options(spec)
     resolve_solver(solver).available()  # imports cvxpy etc. before the clock of the estimate starts
 
     if activation == "maxmin_chain":
@@ -77,7 +103,7 @@ def _case(weights, activation: str, solver: str):
     else:
         act = activation
     net = lipsdp.Network.from_weights(weights, None, act)
-    bound = lipsdp.estimate(net, method="lipsdp-neuron", solver=solver)
+    bound = lipsdp.estimate(net, method="lipsdp-neuron", solver=solver, **options)
     return {
         "bound": float(bound), "raw": float(bound.raw_value), "lmi_size": int(bound.details.get("lmi_size", 0)),
         "solver_seconds": float(bound.details.get("solver_time", float("nan"))), "solver": bound.solver,
@@ -100,7 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated LMI sizes or names to run")
     parser.add_argument("--no-big", action="store_true", help="leave out the 784-1024x3-10 net")
     parser.add_argument("--solvers", default="ipm,cvxpy:CVXOPT,cvxpy:SCS",
-                        help="comma-separated solver names (e.g. add 'firstorder' for the largest nets)")
+                        help="comma-separated solver names (e.g. add 'firstorder' for the largest nets, "
+                             "or 'cvxpy:SCS@1e-8' for SCS at tolerance 1e-8)")
     parser.add_argument("--repeat", type=int, default=5,
                         help="fresh-process runs of a case whose first run took under --repeat-below seconds "
                              "(the row reports the median run)")
@@ -110,6 +137,8 @@ def main(argv=None) -> int:
                         help="keep the rows of results/bench_solver.csv that this run does not replace")
     args = parser.parse_args(argv)
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    for spec in solvers:
+        solver_and_options(spec)  # a malformed name stops here, not in every child process
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
