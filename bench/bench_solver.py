@@ -44,7 +44,7 @@ _MEASURED = {
 
 def predicted_seconds(solver: str, size: int) -> float:
     """Power-law extrapolation through the two largest measurements."""
-    pts = _MEASURED.get(solver.split("@")[0])
+    pts = _MEASURED.get(solver)
     if not pts:
         return 0.0
     (s1, t1), (s2, t2) = pts[-2], pts[-1]
@@ -137,8 +137,8 @@ def main(argv=None) -> int:
                         help="keep the rows of results/bench_solver.csv that this run does not replace")
     args = parser.parse_args(argv)
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    for spec in solvers:
-        solver_and_options(spec)  # a malformed name stops here, not in every child process
+    # the solver each name runs (a malformed name stops here, not in every child process)
+    base_of = {spec: solver_and_options(spec)[0] for spec in solvers}
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = []
@@ -148,10 +148,11 @@ def main(argv=None) -> int:
             continue
         net_rows, plans = [], []
         for solver in solvers:
-            if act != "relu" and solver != "ipm":
-                pred = 659.0 if solver == "cvxpy:SCS" else predicted_seconds(solver, size)  # SCS: measured
+            base = base_of[solver]  # predictions go by the solver, whatever tolerance a name asks
+            if act != "relu" and base != "ipm":
+                pred = 659.0 if base == "cvxpy:SCS" else predicted_seconds(base, size)  # SCS: measured
             else:
-                pred = predicted_seconds(solver, size)
+                pred = predicted_seconds(base, size)
             row = {"network": name, "lmi_size": size, "method": "lipsdp-neuron", "solver": solver,
                    "certified_bound": float("nan"), "seconds": float("nan"), "solver_seconds": float("nan"),
                    "peak_mb": float("nan"), "status": "", "runs": 0}
