@@ -13,7 +13,9 @@ A rule knows three things about its activation ``φ: R^m → R^m``:
   matrices ``Q_j`` (``Q(μ) = Σ_j μ_j Q_j``) and which ``μ_j`` must be ≥ 0;
 * ``qc_value``: the QC evaluated at sampled pairs, for soundness tests.
 
-Adding an activation = one subclass decorated with :func:`register_activation`.
+A rule is the *mathematics* of an activation family; which torch modules and spec
+strings map to which rule, with which parameters, is the job of the one activation
+registry, :mod:`lipsdp.activation_registry`.
 """
 
 from __future__ import annotations
@@ -24,29 +26,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InvalidActivationError, UnknownNameError
-
-_REGISTRY: dict[str, type["Activation"]] = {}
-
-
-def register_activation(cls: type["Activation"]) -> type["Activation"]:
-    """Class decorator: make an activation rule available under ``cls.kind``."""
-    _REGISTRY[cls.kind] = cls
-    return cls
-
-
-def activation_kinds() -> list[str]:
-    """Names of the registered activation families."""
-    return sorted(_REGISTRY)
-
-
-def activation_class(kind: str) -> type["Activation"]:
-    """Look up a registered activation family by name."""
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise UnknownNameError(kind, _REGISTRY) from None
-
+from .errors import InvalidActivationError
 
 @dataclass(frozen=True)
 class QCBasis:
@@ -79,6 +59,14 @@ class Activation:
     """Base class of activation rules (see the module docstring)."""
 
     kind: ClassVar[str] = "abstract"
+    #: True for elementwise maps ``φ(v)_i = φ_i(v_i)`` (their QC and lower bounds work neuron by neuron)
+    elementwise: ClassVar[bool] = False
+    #: the registry's spec string (``"leaky_relu:0.2"``) of a rule built from it, else None
+    spec: ClassVar[str | None] = None
+    #: the constructor arguments the registry built the rule from
+    params: ClassVar[dict] = {}
+    #: where the rule describes a function that differs (within a stated amount) from the torch module read
+    caveat: ClassVar[str | None] = None
 
     def forward(self, v: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -166,28 +154,27 @@ def slope_qc_basis(alpha: np.ndarray, beta: np.ndarray, granularity: str) -> QCB
     raise InvalidActivationError(f"unknown multiplier granularity {granularity!r}; use 'neuron' or 'layer'")
 
 
-def _relu(v):
+def relu_fn(v):
     return np.maximum(v, 0.0)
 
 
-def _relu_d(v):
+def relu_derivative(v):
     return (v > 0).astype(float)
 
 
-def _tanh_d(v):
+def tanh_derivative(v):
     return 1.0 - np.tanh(v) ** 2
 
 
-def _sigmoid(v):
+def sigmoid_fn(v):
     return 0.5 * (1.0 + np.tanh(0.5 * v))
 
 
-def _sigmoid_d(v):
-    s = _sigmoid(v)
+def sigmoid_derivative(v):
+    s = sigmoid_fn(v)
     return s * (1 - s)
 
 
-@register_activation
 @dataclass(frozen=True, eq=False)
 class SlopeRestricted(Activation):
     """Elementwise activation with slopes in ``[alpha, beta]`` (scalars or per neuron).
@@ -212,6 +199,7 @@ class SlopeRestricted(Activation):
     positively_homogeneous: bool = False
 
     kind: ClassVar[str] = "slope"
+    elementwise: ClassVar[bool] = True
 
     def __post_init__(self):
         a = np.asarray(self.alpha, dtype=float)
@@ -264,88 +252,3 @@ class SlopeRestricted(Activation):
         if np.ndim(self.alpha) == 0 and np.ndim(self.beta) == 0:
             return f"{self.name}[{float(self.alpha):g},{float(self.beta):g}]"
         return f"{self.name}[per-neuron]"
-
-
-def relu() -> SlopeRestricted:
-    """ReLU: slopes in [0, 1]."""
-    return SlopeRestricted(0.0, 1.0, "relu", _relu, _relu_d, positively_homogeneous=True)
-
-
-def leaky_relu(negative_slope: float = 0.01) -> SlopeRestricted:
-    """LeakyReLU: slopes between ``negative_slope`` and 1."""
-    a = float(negative_slope)
-    lo, hi = min(a, 1.0), max(a, 1.0)
-    return SlopeRestricted(
-        lo, hi, "leaky_relu", lambda v: np.where(v > 0, v, a * v), lambda v: np.where(v > 0, 1.0, a),
-        positively_homogeneous=True,
-    )
-
-
-def tanh() -> SlopeRestricted:
-    """tanh: slopes in [0, 1]."""
-    return SlopeRestricted(0.0, 1.0, "tanh", np.tanh, _tanh_d)
-
-
-def sigmoid() -> SlopeRestricted:
-    """Logistic sigmoid: slopes in [0, 1/4]."""
-    return SlopeRestricted(0.0, 0.25, "sigmoid", _sigmoid, _sigmoid_d)
-
-
-def elu(alpha: float = 1.0) -> SlopeRestricted:
-    """ELU: slopes in [min(0, α), max(1, α)] (derivative α eˣ for x ≤ 0, 1 above)."""
-    a = float(alpha)
-
-    def f(v):
-        return np.where(v > 0, v, a * np.expm1(np.minimum(v, 0)))
-
-    def d(v):
-        return np.where(v > 0, 1.0, a * np.exp(np.minimum(v, 0)))
-
-    return SlopeRestricted(min(0.0, a), max(1.0, a), "elu", f, d)
-
-
-def softplus(beta: float = 1.0, threshold: float = 20.0) -> SlopeRestricted:
-    """Softplus: slopes in [0, 1]."""
-    b = float(beta)
-
-    def f(v):
-        return np.where(b * v > threshold, v, np.logaddexp(0, b * v) / b)
-
-    def d(v):
-        return np.where(b * v > threshold, 1.0, _sigmoid(b * v))
-
-    return SlopeRestricted(0.0, 1.0, "softplus", f, d)
-
-
-def identity() -> SlopeRestricted:
-    """The identity as an activation: slope exactly 1."""
-    return SlopeRestricted(1.0, 1.0, "identity", lambda v: np.asarray(v, float), np.ones_like, positively_homogeneous=True)
-
-
-_BY_NAME: dict[str, Callable[[], Activation]] = {
-    "relu": relu,
-    "leaky_relu": leaky_relu,
-    "tanh": tanh,
-    "sigmoid": sigmoid,
-    "elu": elu,
-    "softplus": softplus,
-    "identity": identity,
-}
-
-
-def register_activation_name(name: str, factory: Callable[[], Activation]) -> None:
-    """Make ``activation_by_name(name)`` return ``factory()``."""
-    _BY_NAME[name] = factory
-
-
-def activation_names() -> list[str]:
-    """Names accepted by :func:`activation_by_name` (e.g. for ``--activation``)."""
-    return sorted(_BY_NAME)
-
-
-def activation_by_name(name: str) -> Activation:
-    """An activation from its lower-case name (``relu``, ``tanh``, ...)."""
-    key = name.lower().replace("-", "_")
-    if key not in _BY_NAME:
-        raise UnknownNameError(name, _BY_NAME)
-    return _BY_NAME[key]()

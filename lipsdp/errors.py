@@ -23,16 +23,16 @@ class UnsupportedLayerError(LipSDPError, TypeError):
     unsupported
         ``(path, type name)`` of *every* offending module, so one error lists
         them all.
+    supported
+        The convertible module types, as the reader knows them (the message lists them).
     """
 
-    def __init__(self, unsupported: Sequence[tuple[str, str]]):
+    def __init__(self, unsupported: Sequence[tuple[str, str]], supported: str = ""):
         self.unsupported = list(unsupported)
+        self.supported = supported
         lines = "\n".join(f"  - {path or '<root>'}: {kind}" for path, kind in self.unsupported)
-        super().__init__(
-            f"{len(self.unsupported)} unsupported module(s) in the model:\n{lines}\n"
-            "Supported: Linear, ReLU, LeakyReLU, Tanh, Sigmoid, ELU, Softplus, Identity, "
-            "Flatten, Dropout, BatchNorm1d (eval mode), and lipsdp.nn modules."
-        )
+        tail = f"Supported: {supported} (BatchNorm1d and Dropout in eval mode)." if supported else ""
+        super().__init__(f"{len(self.unsupported)} unsupported module(s) in the model:\n{lines}\n{tail}".rstrip())
 
 
 class InvalidWeightsError(LipSDPError, ValueError):
@@ -98,6 +98,29 @@ class CertificationError(LipSDPError, RuntimeError):
 
 class NotApplicableError(LipSDPError, ValueError):
     """A method or solver does not apply to this network (e.g. a chain-only method on a residual net)."""
+
+
+class InvalidOptionError(LipSDPError, TypeError):
+    """An unknown keyword option, or an option value a method or solver cannot use."""
+
+
+class ProblemTooLargeError(LipSDPError, MemoryError):
+    """The SDP a method would build needs more memory or time than the machine allows.
+
+    The message states the estimated size and the cheaper methods that still apply.
+    """
+
+
+class NumericalRangeError(LipSDPError, ValueError):
+    """Weights or a requested constant whose scale under- or overflows float64 arithmetic."""
+
+
+class ActivationNotCoveredError(LipSDPError, TypeError):
+    """An activation that a parameterization's (or method's) proof does not cover.
+
+    The message names the activation, the property the proof needs, and where the
+    activation is accepted instead.
+    """
 
 
 class ModelFileError(LipSDPError, ValueError):

@@ -56,7 +56,7 @@ from typing import ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from .activations import Activation, QCBasis, register_activation, register_activation_name
+from .activations import Activation, QCBasis
 from .errors import InvalidActivationError
 
 _GROUPINGS = ("consecutive", "split")
@@ -233,7 +233,6 @@ class GroupActivation(Activation):
         return 1.0
 
 
-@register_activation
 @dataclass(frozen=True, eq=False)
 class GroupSort(GroupActivation):
     """GroupSort: sort each group of ``group_size`` neurons (MaxMin = ``GroupSort(2)``).
@@ -295,7 +294,6 @@ class GroupSort(GroupActivation):
         return name + (f"[{','.join(extra)}]" if extra else "")
 
 
-@register_activation
 @dataclass(frozen=True, eq=False)
 class Householder(GroupActivation):
     """Householder activation ``φ(z) = z`` if ``vᵀz > 0`` else ``(I − 2vvᵀ)z``, per group.
@@ -382,9 +380,6 @@ def householder(v, grouping: str = "consecutive", cross_terms: str | bool = "non
     return Householder(np.asarray(v, float), grouping, cross_terms)
 
 
-register_activation_name("maxmin", maxmin)
-register_activation_name("groupsort", groupsort)
-register_activation_name("maxmin_s", lambda: maxmin(cross_terms="s"))
 
 
 def with_cross_terms(network, cross_terms: str | bool):

@@ -114,7 +114,7 @@ def _start(jac: np.ndarray | None, y: np.ndarray) -> np.ndarray:
 
 def _activation_jacobian(rule: act.Activation, v: np.ndarray) -> np.ndarray:
     """Stack ``(s, m, m)`` of activation Jacobians, or ``(s, m)`` diagonals for elementwise rules."""
-    if isinstance(rule, act.SlopeRestricted):
+    if rule.elementwise:
         return rule.elementwise_derivative(v)
     return np.stack([rule.jacobian(row) for row in v])
 
@@ -187,17 +187,14 @@ def _exact_norm(net: Network, x: np.ndarray) -> float:
 
 # ------------------------------------------------------------------- slope utilities
 def _two_slopes(rule: act.Activation, m: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(slope for v < 0, slope for v > 0)`` if ``rule`` is piecewise linear with a kink at 0."""
-    if not isinstance(rule, act.SlopeRestricted) or rule.fn is None:
+    """``(slope for v < 0, slope for v > 0)`` if ``rule`` is piecewise linear with a kink at 0.
+
+    That is exactly the elementwise, positively homogeneous rules (``φ(cv) = cφ(v)`` for
+    ``c > 0``: ReLU, LeakyReLU, PReLU, the identity), whose slopes are ``φ(−1)·(−1)`` and ``φ(1)``.
+    """
+    if not rule.elementwise or not getattr(rule, "positively_homogeneous", False) or rule.fn is None:
         return None
-    grid = np.array([-3.0, -1.0, -0.25, 0.25, 1.0, 3.0])
-    values = rule.forward(np.repeat(grid[:, None], m, axis=1))
-    ratios = values / grid[:, None]
-    neg, pos = ratios[:3], ratios[3:]
-    zero = rule.forward(np.zeros((1, m)))
-    if np.ptp(neg, axis=0).max() > 1e-12 or np.ptp(pos, axis=0).max() > 1e-12 or np.abs(zero).max() > 1e-12:
-        return None
-    return neg[0], pos[0]
+    return -rule.forward(-np.ones((1, m)))[0], rule.forward(np.ones((1, m)))[0]
 
 
 def _elementwise_rules(net: Network) -> list[act.SlopeRestricted] | None:
@@ -205,7 +202,7 @@ def _elementwise_rules(net: Network) -> list[act.SlopeRestricted] | None:
     if not net.is_feedforward:
         return None
     rules = list(net.activations)
-    ok = all(isinstance(r, act.SlopeRestricted) and r.fn is not None and r.derivative is not None for r in rules)
+    ok = all(r.elementwise and r.fn is not None and r.derivative is not None for r in rules)
     return rules if ok else None
 
 

@@ -11,8 +11,17 @@ A network is a sequence of layers:
   ``C z + D x`` (see :mod:`lipsdp.graph`).
 
 Consecutive affine layers are merged (this folds eval-mode BatchNorm into the
-neighbouring Linear).  Biases never change a global Lipschitz bound, but they
-are kept for evaluation (lower bounds).
+neighbouring Linear), and so is an activation layer whose every neuron has one
+fixed slope ``β`` (identity, ``LeakyReLU(1)``): it is the linear map ``β·I``.  Their
+QC holds with equality, so LipSDP's multiplier would have to run to −∞; folded,
+the network is the same function without that degenerate constraint.  Biases
+never change a global Lipschitz bound, but they are kept for evaluation (lower
+bounds).
+
+``Network.assumptions`` lists what a description assumed that its source did not
+say (e.g. the activation of a state-dict file, named by the user) and where a
+rule certifies a function that differs, by a stated amount, from the module read
+(torch's Softplus threshold); every result carries them.
 """
 
 from __future__ import annotations
@@ -27,10 +36,21 @@ from .errors import InvalidWeightsError, ShapeMismatchError
 
 
 def as_matrix(value: Any, what: str) -> np.ndarray:
-    """A read-only float64 copy of a 2-D array, checked for NaN/Inf."""
-    arr = _to_numpy(value)
+    """A read-only float64 copy of a 2-D array, checked for NaN/Inf.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Not 2-D (a 1-D array is refused: a row and a column vector are different maps).
+    InvalidWeightsError
+        Complex, non-numeric, NaN or Inf entries.
+    """
+    arr = _to_numpy(value, what)
     if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
+        raise ShapeMismatchError(
+            f"{what}: got a 1-D array of length {arr.size}; give a 2-D (out, in) matrix, e.g. "
+            f"w.reshape(1, -1) for one output or w.reshape(-1, 1) for one input"
+        )
     if arr.ndim != 2:
         raise ShapeMismatchError(f"{what}: expected a matrix, got an array of shape {arr.shape}")
     return _finite(arr, what)
@@ -41,16 +61,23 @@ def as_vector(value: Any, n: int, what: str) -> np.ndarray:
     if value is None:
         arr = np.zeros(n)
     else:
-        arr = _to_numpy(value).reshape(-1)
+        arr = _to_numpy(value, what).reshape(-1)
     if arr.shape != (n,):
         raise ShapeMismatchError(f"{what}: expected length {n}, got shape {arr.shape}")
     return _finite(arr, what)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _to_numpy(value: Any, what: str) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor, imported lazily elsewhere
+        if getattr(value, "is_complex", lambda: False)():
+            raise InvalidWeightsError(f"{what} is complex; lipsdp bounds real networks")
         value = value.detach().cpu().double().numpy()
-    return np.array(value, dtype=np.float64, copy=True)
+    raw = np.asarray(value)
+    if np.iscomplexobj(raw):
+        raise InvalidWeightsError(f"{what} is complex; lipsdp bounds real networks (take .real only if that is the model)")
+    if raw.dtype.kind not in "biuf":
+        raise InvalidWeightsError(f"{what} has non-numeric entries (dtype {raw.dtype})")
+    return np.array(raw, dtype=np.float64, copy=True)
 
 
 def _finite(arr: np.ndarray, what: str) -> np.ndarray:
@@ -159,23 +186,34 @@ class Implicit:
         return self.C.shape[0]
 
     def equilibrium(self, x: np.ndarray) -> np.ndarray:
-        """Solve ``z = φ(W z + U x + b)`` by fixed-point iteration (rows of ``x``)."""
-        x = np.atleast_2d(x)
-        z = np.zeros((x.shape[0], self.W.shape[0]))
-        ux = x @ self.U.T + self.b
-        for _ in range(self.max_iter):
-            z_new = self.activation.forward_batch(z @ self.W.T + ux)
-            if np.max(np.abs(z_new - z)) <= self.tol * (1 + np.max(np.abs(z_new))):
-                return z_new
-            # damped iteration: converges for well-posed layers whose plain iteration oscillates
-            z = 0.5 * z + 0.5 * z_new
-        return z
+        """Solve ``z = φ(W z + U x + b)`` (rows of ``x``) by the iteration its well-posedness certificate proves convergent.
+
+        See :func:`lipsdp.equilibrium.solve_equilibrium`; raises
+        :class:`~lipsdp.errors.IllPosedError` for a layer without a certificate
+        whose damped iteration does not converge.
+        """
+        from .equilibrium import solve_equilibrium
+
+        return solve_equilibrium(self, x)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.equilibrium(x) @ self.C.T + x @ self.D.T
 
 
 Layer = Affine | ActivationLayer | Residual | Implicit
+
+
+def _rules(layers: Iterable[Layer]) -> list:
+    """Every activation rule of ``layers`` (inside residual branches and implicit layers too)."""
+    found = []
+    for layer in layers:
+        if isinstance(layer, ActivationLayer):
+            found.append(layer.activation)
+        elif isinstance(layer, Implicit):
+            found.append(layer.activation)
+        elif isinstance(layer, Residual):
+            found.extend(_rules(layer.branch))
+    return found
 
 
 def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int | None, int | None]:
@@ -210,12 +248,27 @@ def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int 
     return (first if in_dim is None else in_dim), cur
 
 
+def _fixed_slope(layer: Layer) -> float | None:
+    """``β`` when ``layer`` is an activation layer equal to ``x ↦ β x`` (one fixed slope), else None."""
+    if not isinstance(layer, ActivationLayer) or not layer.activation.elementwise:
+        return None
+    alpha, beta = getattr(layer.activation, "alpha", None), getattr(layer.activation, "beta", None)
+    if alpha is None or np.ndim(alpha) != 0 or np.ndim(beta) != 0 or float(alpha) != float(beta):
+        return None
+    return float(beta)
+
+
 def _canonical(layers: Iterable[Layer]) -> tuple:
-    """Merge consecutive affine layers (recursively inside residual branches)."""
+    """Merge consecutive affine layers and fold fixed-slope activations (recursively inside residual branches)."""
     out: list[Layer] = []
     for layer in layers:
         if isinstance(layer, Residual):
             layer = Residual(_canonical(layer.branch), layer.name)
+        slope = _fixed_slope(layer)
+        if slope is not None and out and isinstance(out[-1], Affine):
+            previous = out[-1]
+            out[-1] = Affine.create(slope * previous.weight, slope * previous.bias, previous.name)
+            continue
         if isinstance(layer, Affine) and out and isinstance(out[-1], Affine):
             out[-1] = out[-1].then(layer)
         else:
@@ -234,8 +287,10 @@ class Network:
     layers: tuple
     input_dim: int = field(init=False)
     output_dim: int = field(init=False)
+    stated: tuple = ()
 
-    def __init__(self, layers: Iterable[Layer]):
+    def __init__(self, layers: Iterable[Layer], assumptions: Iterable[str] = ()):
+        """``layers`` in order; ``assumptions``: what the source did not say and was assumed (see module docstring)."""
         layers = _canonical(layers)
         if not layers:
             raise ShapeMismatchError("a network needs at least one layer")
@@ -245,10 +300,21 @@ class Network:
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "input_dim", int(in_dim))
         object.__setattr__(self, "output_dim", int(out_dim))
+        object.__setattr__(self, "stated", tuple(str(a) for a in assumptions))
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the description assumed: the source's stated assumptions, then each rule's caveat."""
+        caveats = []
+        for rule in _rules(self.layers):
+            if rule.caveat and rule.caveat not in caveats:
+                caveats.append(rule.caveat)
+        return self.stated + tuple(caveats)
 
     # ------------------------------------------------------------------ builders
     @staticmethod
-    def from_weights(weights: Sequence[Any], biases: Sequence[Any] | None = None, activation: Any = "relu") -> "Network":
+    def from_weights(weights: Sequence[Any], biases: Sequence[Any] | None = None, activation: Any = "relu", *,
+                     names: Sequence[str] | None = None, assumptions: Iterable[str] = ()) -> "Network":
         """Feed-forward ``W_l φ(… φ(W_1 x + b_1) …) + b_l``.
 
         Parameters
@@ -258,8 +324,14 @@ class Network:
         biases
             Optional vectors (default zeros).
         activation
-            Name (``"relu"``...), an :class:`~lipsdp.activations.Activation`,
-            or a list of those, one per hidden layer.
+            Spec string (``"relu"``, ``"leaky_relu:0.2"``; see
+            :func:`lipsdp.activation_registry.activation_names`), an
+            :class:`~lipsdp.activations.Activation`, or a list of those, one per hidden layer.
+        names
+            Names of the affine layers for messages (default ``layer1, layer2, …``),
+            e.g. the keys of the file they were read from.
+        assumptions
+            What the caller assumed that its source did not say (kept in every result).
         """
         weights = list(weights)
         if not weights:
@@ -271,13 +343,14 @@ class Network:
         acts = list(activation) if isinstance(activation, (list, tuple)) else [activation] * n_hidden
         if len(acts) != n_hidden:
             raise ShapeMismatchError(f"{n_hidden} hidden layers but {len(acts)} activations")
+        from .activation_registry import rule_from_spec
+
         layers: list[Layer] = []
         for k, (w, b) in enumerate(zip(weights, biases)):
-            layers.append(Affine.create(w, b, f"layer{k + 1}"))
+            layers.append(Affine.create(w, b, names[k] if names else f"layer{k + 1}"))
             if k < n_hidden:
-                a = act.activation_by_name(acts[k]) if isinstance(acts[k], str) else acts[k]
-                layers.append(ActivationLayer(a, f"act{k + 1}"))
-        return Network(layers)
+                layers.append(ActivationLayer(rule_from_spec(acts[k]), f"act{k + 1}"))
+        return Network(layers, assumptions)
 
     @staticmethod
     def from_torch(module: Any) -> "Network":

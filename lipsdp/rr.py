@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activation_registry import rule_from_spec
 from . import activations as act
 from .errors import NotApplicableError
 from .group_activations import GroupSort
@@ -46,7 +47,7 @@ def maxmin_as_residual_relu(rule: GroupSort, m: int, name: str = "") -> list:
         Residual(
             (
                 Affine.create(np.hstack([relu_w, zeros]), name=f"{name}/rr-in"),
-                ActivationLayer(act.relu(), f"{name}/rr-relu"),
+                ActivationLayer(rule_from_spec("relu"), f"{name}/rr-relu"),
                 Affine.create(np.vstack([zeros, G]), name=f"{name}/rr-out"),
             ),
             f"{name}/rr",

@@ -2,12 +2,18 @@
 
 ``network_from_torch`` walks an ``nn.Sequential`` (nested Sequentials are
 flattened; module paths are the dotted names torch uses, e.g. ``"0"`` or
-``"3.1"``) and converts each module with a *converter*: a function
-``fn(module, path) -> list of lipsdp layers`` registered by the module's type
-name with :func:`register_torch_converter`.  Dispatch uses
-``getattr(m, "original_name", type(m).__name__)`` so TorchScript modules
-(``torch.jit.script`` / ``torch.jit.trace`` of a Sequential) convert like the
-eager ones.  Every unsupported module is collected and reported in one
+``"3.1"``) and converts each module by its *exact type*, keyed by the fully
+qualified class name (:func:`lipsdp.activation_registry.qualified_type_name`,
+which also resolves TorchScript modules to the class they were compiled from):
+
+* activations go to the one activation registry (:mod:`lipsdp.activation_registry`),
+  which reads every constructor argument that changes the function;
+* structural modules (Linear, Flatten, BatchNorm1d, lipsdp.nn.Residual, …) to a
+  converter ``fn(module, path) -> list of lipsdp layers`` registered with
+  :func:`register_torch_converter`.
+
+A subclass or a same-named class of another library is not matched: it is
+reported.  Every unsupported module is collected and reported in one
 :class:`~lipsdp.errors.UnsupportedLayerError`.
 
 torch is never imported at module level: lipsdp imports without it.
@@ -15,20 +21,18 @@ torch is never imported at module level: lipsdp imports without it.
 
 from __future__ import annotations
 
-import re
-import warnings
 from typing import Any, Callable
 
 import numpy as np
 
-from . import activations as act
+from . import activation_registry as registry
 from .errors import UnsupportedLayerError
 from .network import ActivationLayer, Affine, Network
 
 Converter = Callable[[Any, str], list]
 
 _CONVERTERS: dict[str, Converter] = {}
-_CONTAINERS = {"Sequential"}
+_CONTAINERS = {"torch.nn.modules.container.Sequential"}
 
 
 class Unsupported(Exception):
@@ -39,14 +43,16 @@ class Unsupported(Exception):
     """
 
 
-def register_torch_converter(type_name: str, fn: Converter) -> None:
-    """Convert modules whose type name is ``type_name`` with ``fn(module, path)``.
+def register_torch_converter(module_type: type | str, fn: Converter) -> None:
+    """Convert modules of exactly ``module_type`` with ``fn(module, path)``.
+
+    Activations are not registered here but in :mod:`lipsdp.activation_registry`.
 
     Parameters
     ----------
-    type_name
-        The class name of the module (``"Linear"``, ``"MaxMin"``...); for
-        TorchScript modules this is their ``original_name``.
+    module_type
+        The module class, or its fully qualified name (``"torch.nn.modules.linear.Linear"``).
+        Subclasses are not matched: register them on their own.
     fn
         ``fn(module, path) -> list`` of lipsdp layers (``Affine``,
         ``ActivationLayer``, ``Residual``, ``Implicit``).  Return ``[]`` to skip
@@ -54,16 +60,22 @@ def register_torch_converter(type_name: str, fn: Converter) -> None:
         :class:`~lipsdp.errors.UnsupportedLayerError` (for nested modules) to
         have the module listed as unsupported.
     """
-    _CONVERTERS[type_name] = fn
+    key = module_type if isinstance(module_type, str) else f"{module_type.__module__}.{module_type.__qualname__}"
+    _CONVERTERS[key] = fn
 
 
 def torch_converters() -> list[str]:
-    """Type names that :func:`network_from_torch` can convert."""
-    return sorted(_CONVERTERS)
+    """Qualified type names that :func:`network_from_torch` converts (activations included)."""
+    return sorted(set(_CONVERTERS) | set(registry._BY_TORCH_TYPE))
+
+
+def supported_modules() -> str:
+    """Short names of every convertible module type, for error messages."""
+    return ", ".join(sorted({name.rsplit(".", 1)[-1] for name in torch_converters()}))
 
 
 def module_type_name(module: Any) -> str:
-    """Type name used for dispatch (``original_name`` for TorchScript modules)."""
+    """Short class name of a module, for messages (``original_name`` for TorchScript modules)."""
     return getattr(module, "original_name", type(module).__name__)
 
 
@@ -85,23 +97,28 @@ def convert_module(module: Any, path: str = "") -> list:
     unsupported: list[tuple[str, str]] = []
     _walk(module, path, layers, unsupported)
     if unsupported:
-        raise UnsupportedLayerError(unsupported)
+        raise UnsupportedLayerError(unsupported, supported_modules())
     return layers
 
 
 def _walk(module: Any, path: str, layers: list, unsupported: list) -> None:
+    qualified = registry.qualified_type_name(module)
     kind = module_type_name(module)
-    if kind in _CONTAINERS:
+    if qualified in _CONTAINERS:
         for name, child in module.named_children():
             _walk(child, child_path(path, name), layers, unsupported)
         return
-    fn = _CONVERTERS.get(kind)
-    if fn is None:
-        unsupported.append((path, kind))
-        return
     try:
+        if registry.entry_for_module(module) is not None:
+            layers.append(ActivationLayer(registry.rule_from_module(module), path))
+            return
+        fn = _CONVERTERS.get(qualified)
+        if fn is None:
+            unsupported.append((path, kind if kind == qualified.rsplit(".", 1)[-1] and qualified.startswith("torch.")
+                                else f"{kind} ({qualified})"))
+            return
         layers.extend(fn(module, path))
-    except Unsupported as exc:
+    except (Unsupported, registry.UnreadableModule) as exc:
         unsupported.append((path, f"{kind} ({exc})"))
     except UnsupportedLayerError as exc:
         unsupported.extend(exc.unsupported)
@@ -139,34 +156,6 @@ def _tensor(module: Any, name: str):
     return None if value is None else value.detach().cpu().double().numpy()
 
 
-def _traced_constants(module: Any, op: str) -> list[str] | None:
-    """Arguments of ``torch.<op>(...)`` in a traced module's code, as strings."""
-    try:
-        code = module.code
-    except Exception:  # not a TorchScript module, or no code
-        return None
-    match = re.search(rf"torch\.{op}\(([^()]*)\)", code)
-    return None if match is None else [a.strip() for a in match.group(1).split(",")]
-
-
-def _scalar(module: Any, attr: str, op: str, position: int, default: float) -> float:
-    """A module hyper-parameter: attribute, else constant in traced code, else default."""
-    value = getattr(module, attr, None)
-    if value is not None:
-        return float(value)
-    args = _traced_constants(module, op)
-    if args is not None and len(args) > position:
-        try:
-            return float(args[position])
-        except ValueError:
-            pass
-    warnings.warn(
-        f"could not read {attr!r} of a {module_type_name(module)} module; assuming the default {default}",
-        stacklevel=3,
-    )
-    return float(default)
-
-
 # ----------------------------------------------------------------------- converters
 def _linear(module: Any, path: str) -> list:
     return [Affine.create(_tensor(module, "weight"), _tensor(module, "bias"), path)]
@@ -176,11 +165,10 @@ def _skip(module: Any, path: str) -> list:
     return []
 
 
-def _activation(factory: Callable[[Any], act.Activation]) -> Converter:
-    def convert(module: Any, path: str) -> list:
-        return [ActivationLayer(factory(module), path)]
-
-    return convert
+def _dropout(module: Any, path: str) -> list:
+    if getattr(module, "training", False):
+        raise Unsupported("in training mode it drops units at random: call model.eval() before converting")
+    return []
 
 
 def _batchnorm(module: Any, path: str) -> list:
@@ -190,7 +178,7 @@ def _batchnorm(module: Any, path: str) -> list:
     mean, var = _tensor(module, "running_mean"), _tensor(module, "running_var")
     if mean is None or var is None:
         raise Unsupported("without running statistics (track_running_stats=False)")
-    eps = _scalar(module, "eps", "batch_norm", 7, 1e-5)
+    eps = registry.read_hyperparameter(module, "eps", "batch_norm", 7)
     gamma = _tensor(module, "weight")
     beta = _tensor(module, "bias")
     gamma = np.ones_like(mean) if gamma is None else gamma
@@ -200,24 +188,12 @@ def _batchnorm(module: Any, path: str) -> list:
 
 
 def _register_builtins() -> None:
-    for name in ("Linear",):
-        register_torch_converter(name, _linear)
-    for name in ("Identity", "Flatten", "Dropout"):
-        register_torch_converter(name, _skip)
-    register_torch_converter("BatchNorm1d", _batchnorm)
-    register_torch_converter("ReLU", _activation(lambda m: act.relu()))
-    register_torch_converter("Tanh", _activation(lambda m: act.tanh()))
-    register_torch_converter("Sigmoid", _activation(lambda m: act.sigmoid()))
-    register_torch_converter(
-        "LeakyReLU", _activation(lambda m: act.leaky_relu(_scalar(m, "negative_slope", "leaky_relu", 1, 0.01)))
-    )
-    register_torch_converter("ELU", _activation(lambda m: act.elu(_scalar(m, "alpha", "elu", 1, 1.0))))
-    register_torch_converter(
-        "Softplus",
-        _activation(
-            lambda m: act.softplus(_scalar(m, "beta", "softplus", 1, 1.0), _scalar(m, "threshold", "softplus", 2, 20.0))
-        ),
-    )
+    register_torch_converter("torch.nn.modules.linear.Linear", _linear)
+    for name in ("linear.Identity", "flatten.Flatten"):
+        register_torch_converter(f"torch.nn.modules.{name}", _skip)
+    for name in ("Dropout", "Dropout1d", "AlphaDropout"):
+        register_torch_converter(f"torch.nn.modules.dropout.{name}", _dropout)
+    register_torch_converter("torch.nn.modules.batchnorm.BatchNorm1d", _batchnorm)
 
 
 _register_builtins()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from lipsdp import activations as act
-from lipsdp.errors import ModelFileError, ModelFileNotFoundError, NotApplicableError
+from lipsdp.activation_registry import rule_from_spec
+from lipsdp.errors import InvalidActivationError, LipSDPError, ModelFileError, ModelFileNotFoundError, NotApplicableError
 from lipsdp.io import atomic_path, load_network, parse_activation, save_network_npz
 from lipsdp.network import Network, Residual, Affine, ActivationLayer
 
@@ -29,7 +30,7 @@ def _same(a: Network, b: Network) -> None:
     np.testing.assert_allclose(a(x), b(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", act.leaky_relu(0.3), act.elu(0.5), act.softplus(2.0), "sigmoid"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", rule_from_spec("leaky_relu:0.3"), rule_from_spec("elu:0.5"), rule_from_spec("softplus:2"), "sigmoid"])
 def test_npz_round_trip(tmp_path, activation):
     net = _random_net(activation)
     path = save_network_npz(net, tmp_path / "net.npz")
@@ -54,7 +55,11 @@ def test_npz_single_layer_and_alternative_keys(tmp_path):
 def test_npz_without_biases_and_bad_indices(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "nob.npz", W0=rng.normal(size=(4, 3)), W1=rng.normal(size=(2, 4)))
-    assert load_network(tmp_path / "nob.npz").widths == (3, 4, 2)
+    with pytest.raises(ModelFileError, match="cannot carry the activations"):
+        load_network(tmp_path / "nob.npz")  # no 'activation' entry: the user must say
+    loaded = load_network(tmp_path / "nob.npz", activation="relu")
+    assert loaded.widths == (3, 4, 2)
+    assert any("as stated by the user" in a for a in loaded.assumptions)
     np.savez(tmp_path / "bad.npz", W0=rng.normal(size=(4, 3)), W1=rng.normal(size=(2, 4)), b0=np.zeros(4))
     with pytest.raises(ModelFileError, match="bias indices"):
         load_network(tmp_path / "bad.npz")
@@ -64,7 +69,7 @@ def test_npz_without_biases_and_bad_indices(tmp_path):
 
 
 def test_save_refuses_non_feedforward(tmp_path):
-    net = Network([Affine.create(np.eye(2)), Residual((Affine.create(np.eye(2)), ActivationLayer(act.relu())))])
+    net = Network([Affine.create(np.eye(2)), Residual((Affine.create(np.eye(2)), ActivationLayer(rule_from_spec("relu"))))])
     with pytest.raises(NotApplicableError):
         save_network_npz(net, tmp_path / "res.npz")
 
@@ -76,9 +81,12 @@ def test_mat_round_trip_weights_and_w_keys(tmp_path):
         cells[0, k] = w
     scipy.io.savemat(tmp_path / "a.mat", {"weights": cells})
     scipy.io.savemat(tmp_path / "b.mat", {"W": cells})
-    for name in ("a.mat", "b.mat"):
-        loaded = load_network(tmp_path / name)
+    for name, convention in (("a.mat", "relu"), ("b.mat", "maxmin")):
+        with pytest.raises(LipSDPError) if convention == "maxmin" else contextlib.nullcontext():
+            load_network(tmp_path / name)  # 'W' reads as MaxMin (odd widths cannot pair)
+        loaded = load_network(tmp_path / name, activation="relu")
         assert loaded.widths == net.widths
+        assert any("feed-forward structure" in a for a in loaded.assumptions)
         for w1, w2 in zip(loaded.weights, net.weights):
             np.testing.assert_array_equal(w1, w2)
     scipy.io.savemat(tmp_path / "c.mat", {"other": np.zeros(3)})
@@ -128,11 +136,13 @@ def test_state_dict_round_trip(tmp_path, suffix):
     _check_torch(model, load_network(path, activation="tanh"))
 
 
-def test_nested_state_dict_key_order(tmp_path):
+def test_nested_state_dict_is_refused(tmp_path):
+    """Keys 0.0.weight and 1.weight cannot show what follows Linear 0.0 inside its container."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()), torch.nn.Linear(4, 2)).double()
     torch.save(model.state_dict(), tmp_path / "m.pt")
-    _check_torch(model, load_network(tmp_path / "m.pt"))
+    with pytest.raises(ModelFileError, match="TorchScript"):
+        load_network(tmp_path / "m.pt", activation="relu")
 
 
 @pytest.mark.parametrize("kind", ["script", "trace"])
@@ -142,7 +152,9 @@ def test_torchscript_round_trip(tmp_path, kind):
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(model) if kind == "script" else torch.jit.trace(model, torch.randn(2, 3, dtype=torch.float64))
     scripted.save(str(tmp_path / "m.pt"))
-    _check_torch(model, load_network(tmp_path / "m.pt", activation="relu"))  # the file's own activations win
+    _check_torch(model, load_network(tmp_path / "m.pt"))
+    with pytest.raises(ModelFileError, match="carries its activations"):
+        load_network(tmp_path / "m.pt", activation="tanh")  # a contradicting statement is refused
 
 
 def test_state_dict_with_batchnorm_is_explained(tmp_path):
@@ -185,9 +197,9 @@ def test_unknown_extension(tmp_path):
 def test_parse_activation():
     assert parse_activation("leaky_relu:0.25").describe() == "leaky_relu[0.25,1]"
     assert parse_activation("relu").name == "relu"
-    with pytest.raises(ModelFileError):
+    with pytest.raises(InvalidActivationError, match="at most 0"):
         parse_activation("tanh:2")
-    with pytest.raises(ModelFileError):
+    with pytest.raises(InvalidActivationError, match="alpha"):
         parse_activation("elu:abc")
 
 

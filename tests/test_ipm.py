@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from lipsdp.activation_registry import rule_from_spec
 import lipsdp
 from lipsdp import formulations as fm
 from lipsdp.errors import SolverFailedError
@@ -471,7 +472,7 @@ def test_slope_normalisation_moves_the_slope_into_the_next_weight():
 
     rng = np.random.default_rng(3)
     weights = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(2, 5))]
-    acts = [lipsdp.activations.sigmoid(), lipsdp.activations.relu()]
+    acts = [rule_from_spec("sigmoid"), rule_from_spec("relu")]
     net = lipsdp.Network.from_weights(weights, None, acts)
     work, norm = fm.normalise_chain(net)
     assert isinstance(work.activations[0], SlopeRestricted) and work.activations[0].beta == 1.0

@@ -142,11 +142,11 @@ def test_bad_slope_bounds_are_rejected():
 
 def test_chain_only_methods_refuse_residual_networks():
     from lipsdp.network import ActivationLayer, Affine, Residual
-    from lipsdp.activations import relu
+    from lipsdp.activation_registry import rule_from_spec
 
     net = lipsdp.Network([
         Affine.create(np.eye(2)),
-        Residual((Affine.create(np.ones((2, 2))), ActivationLayer(relu()), Affine.create(np.eye(2)))),
+        Residual((Affine.create(np.ones((2, 2))), ActivationLayer(rule_from_spec("relu")), Affine.create(np.eye(2)))),
         Affine.create(np.ones((1, 2))),
     ])
     with pytest.raises(errors.NotApplicableError, match="feed-forward"):
@@ -157,11 +157,12 @@ def test_per_neuron_slope_bounds_tighten_the_bound():
     """Slopes of neurons 3-5 in [0, 1/2] ⇔ slope [0, 1] with their outgoing weights halved (exact for the SDP)."""
     rng = np.random.default_rng(5)
     weights = [rng.normal(size=(6, 3)), rng.normal(size=(2, 6))]
-    from lipsdp.activations import SlopeRestricted, relu
+    from lipsdp.activation_registry import rule_from_spec
+    from lipsdp.activations import SlopeRestricted
 
     full = lipsdp.estimate(lipsdp.Network.from_weights(weights, activation="relu")).value
     beta = np.array([1, 1, 1, 0.5, 0.5, 0.5])
-    tight_act = SlopeRestricted(np.zeros(6), beta, "relu-local", relu().fn, relu().derivative)
+    tight_act = SlopeRestricted(np.zeros(6), beta, "relu-local", rule_from_spec("relu").fn, rule_from_spec("relu").derivative)
     tight = lipsdp.estimate(lipsdp.Network.from_weights(weights, activation=tight_act)).value
     halved = lipsdp.estimate(lipsdp.Network.from_weights([weights[0], weights[1] * beta])).value
     assert tight < full

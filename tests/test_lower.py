@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lipsdp.activation_registry import rule_from_spec
 from lipsdp import activations as act
 from lipsdp.errors import NotApplicableError
 from lipsdp.lower import (
@@ -44,8 +45,8 @@ def test_jacobian_matches_finite_differences(activation):
 
 def test_jacobian_of_residual_and_implicit_layers():
     rng = np.random.default_rng(1)
-    branch = (Affine.create(rng.normal(size=(3, 3))), ActivationLayer(act.tanh()), Affine.create(rng.normal(size=(3, 3))))
-    implicit = Implicit.create(0.3 * rng.normal(size=(4, 4)) / 2, rng.normal(size=(4, 3)), act.tanh(), b=rng.normal(size=4))
+    branch = (Affine.create(rng.normal(size=(3, 3))), ActivationLayer(rule_from_spec("tanh")), Affine.create(rng.normal(size=(3, 3))))
+    implicit = Implicit.create(0.3 * rng.normal(size=(4, 4)) / 2, rng.normal(size=(4, 3)), rule_from_spec("tanh"), b=rng.normal(size=4))
     net = Network([Affine.create(rng.normal(size=(3, 2)), rng.normal(size=3)), Residual(branch), implicit,
                    Affine.create(rng.normal(size=(2, 4)))])
     x = rng.normal(size=2)
@@ -96,7 +97,7 @@ def test_math_counterexample_net():
 def test_exact_patterns_bracket_and_gradient_is_sound(seed):
     rng = np.random.default_rng(seed)
     dims = [int(rng.integers(2, 4))] + [int(rng.integers(2, 5)) for _ in range(int(rng.integers(1, 3)))] + [int(rng.integers(1, 3))]
-    activation = "relu" if seed % 2 == 0 else act.leaky_relu(0.1)
+    activation = "relu" if seed % 2 == 0 else rule_from_spec("leaky_relu:0.1")
     net = _net(seed, dims, activation)
     pb = exact_pattern_bound(net)
     assert pb.max_realizable <= pb.max_all_patterns * (1 + 1e-12)
@@ -141,7 +142,7 @@ def test_exact_pattern_bound_refuses():
         exact_pattern_bound(_net(0, (2, 3, 1), "tanh"))
     with pytest.raises(NotApplicableError, match="17"):
         exact_pattern_bound(_net(0, (2, 9, 8, 1), "relu"))
-    residual = Network([Affine.create(np.eye(2)), Residual((Affine.create(np.eye(2)), ActivationLayer(act.relu())))])
+    residual = Network([Affine.create(np.eye(2)), Residual((Affine.create(np.eye(2)), ActivationLayer(rule_from_spec("relu"))))])
     with pytest.raises(NotApplicableError, match="feed-forward"):
         exact_pattern_bound(residual)
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import ortho_group
 
 import lipsdp
-from lipsdp.activations import activation_class, activation_kinds, relu
+from lipsdp import activation_registry as registry
 from lipsdp.errors import InvalidActivationError
 from lipsdp.group_activations import GroupSort, Householder, group_indices
 from conftest import load_anchor_weights
@@ -16,13 +16,14 @@ SOLVER = "cvxopt"
 
 
 def _rules():
+    for entry in registry.entries():  # every registered activation, with its example parameters
+        yield from entry.example_rules()
     yield GroupSort(2)
     yield GroupSort(3, "split")
     yield GroupSort(4, cross_terms="sp")
     yield GroupSort(2, cross_terms="s", descending=False)
     yield Householder(np.array([1.0, -2.0]))
     yield Householder(np.array([0.3, 0.1, -1.0]), "split", cross_terms="s")
-    yield relu()
 
 
 @pytest.mark.parametrize("rule", list(_rules()), ids=lambda r: r.describe())
@@ -44,9 +45,9 @@ def test_qc_holds_on_sampled_pairs(rule, granularity):
         assert np.min(q / scale) >= -1e-10
 
 
-def test_every_registered_rule_is_tested():
-    assert {"slope", "groupsort", "householder"} <= set(activation_kinds())
-    assert activation_class("groupsort") is GroupSort
+def test_every_registered_activation_is_tested():
+    tested = {rule.spec.split(":")[0] for rule in _rules() if rule.spec}
+    assert tested == set(registry.activation_names())
 
 
 def test_p_is_redundant_given_gamma_and_s():
@@ -72,7 +73,7 @@ def test_forward_and_jacobian(g, grouping):
 
 
 def test_maxmin_convention_of_the_anchors():
-    mm = lipsdp.activations.activation_by_name("maxmin")
+    mm = registry.rule_from_spec("maxmin")
     np.testing.assert_allclose(mm.forward(np.array([1.0, 3.0, 5.0, -2.0])), [3.0, 1.0, 5.0, -2.0])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lipsdp.activation_registry import rule_from_spec
 import lipsdp
 from lipsdp.certify import certify
 from lipsdp.errors import InvalidActivationError
@@ -37,8 +38,8 @@ def test_invariants_hold_and_directions_span_them(rule):
 
 
 def test_slope_rules_have_no_invariant():
-    assert lipsdp.activations.relu().linear_invariants(4) is None
-    assert not lipsdp.activations.relu().restrict_to_invariants
+    assert rule_from_spec("relu").linear_invariants(4) is None
+    assert not rule_from_spec("relu").restrict_to_invariants
 
 
 def test_exact_rule_has_lambda_only_and_restriction_shrinks_the_lmi():
