@@ -6,7 +6,7 @@
 """
 
 from . import activations, errors
-from . import group_activations  # registers maxmin/groupsort/householder rules
+from . import activation_registry  # the one activation registry (torch types, specs, QC rules)
 from .api import as_network, compare, estimate
 from .certify import Certificate, certify
 from .errors import LipSDPError
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationLayer",
+    "activation_registry",
     "Affine",
     "Certificate",
     "Implicit",

@@ -128,7 +128,8 @@ class ActivationEntry:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return np.array_equal(np.asarray(a), np.asarray(b))
+    a, b = np.ravel(np.asarray(a, dtype=object)), np.ravel(np.asarray(b, dtype=object))
+    return a.shape == b.shape and bool(np.all(a == b))
 
 
 def _format(value: Any) -> str:
@@ -632,7 +633,7 @@ def _register_builtins() -> None:
     register(ActivationEntry("identity", _identity, "the identity (slope exactly 1)", make_module=_nn("Identity")))
     register(ActivationEntry(
         "prelu", _prelu, "PReLU with its current slopes (one, or one per feature)",
-        (Parameter("weight", float, 0.25),), make_module=_make_prelu, parameters_trainable=True,
+        (Parameter("weight", _vector, 0.25),), make_module=_make_prelu, parameters_trainable=True,
         torch_types={_torch_nn("PReLU"): _prelu_reader},
         examples=({}, {"weight": -0.3}, {"weight": 1.7})))
     register(ActivationEntry(

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import activation_registry as registry
-from .errors import UnsupportedLayerError
+from .errors import InvalidWeightsError, UnsupportedLayerError
 from .network import ActivationLayer, Affine, Network
 
 Converter = Callable[[Any, str], list]
@@ -152,8 +152,13 @@ def network_from_torch(module: Any) -> Network:
 
 # ------------------------------------------------------------------- attribute access
 def _tensor(module: Any, name: str):
+    """A float64 copy of a module's tensor (None when absent); complex tensors are refused, not cast."""
     value = getattr(module, name, None)
-    return None if value is None else value.detach().cpu().double().numpy()
+    if value is None:
+        return None
+    if value.is_complex():
+        raise InvalidWeightsError(f"{name} of a {module_type_name(module)} is complex; lipsdp bounds real networks")
+    return value.detach().cpu().double().numpy()
 
 
 # ----------------------------------------------------------------------- converters
