@@ -630,7 +630,8 @@ def _register_builtins() -> None:
         examples=({}, {"min_val": 0.0, "max_val": 6.0})))
     register(ActivationEntry("hardsigmoid", _hardsigmoid, "Hardsigmoid, slopes in [0, 1/6]", make_module=_nn("Hardsigmoid"),
                              torch_types={_torch_nn("Hardsigmoid"): _no_parameters}))
-    register(ActivationEntry("identity", _identity, "the identity (slope exactly 1)", make_module=_nn("Identity")))
+    register(ActivationEntry("identity", _identity, "the identity (slope exactly 1)", make_module=_nn("Identity"),
+                             torch_types={"torch.nn.modules.linear.Identity": _no_parameters}))
     register(ActivationEntry(
         "prelu", _prelu, "PReLU with its current slopes (one, or one per feature)",
         (Parameter("weight", _vector, 0.25),), make_module=_make_prelu, parameters_trainable=True,

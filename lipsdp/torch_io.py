@@ -109,10 +109,10 @@ def _walk(module: Any, path: str, layers: list, unsupported: list) -> None:
             _walk(child, child_path(path, name), layers, unsupported)
         return
     try:
-        if registry.entry_for_module(module) is not None:
+        fn = _CONVERTERS.get(qualified)  # structural first: nn.Identity is skipped, not an identity activation
+        if fn is None and registry.entry_for_module(module) is not None:
             layers.append(ActivationLayer(registry.rule_from_module(module), path))
             return
-        fn = _CONVERTERS.get(qualified)
         if fn is None:
             unsupported.append((path, kind if kind == qualified.rsplit(".", 1)[-1] and qualified.startswith("torch.")
                                 else f"{kind} ({qualified})"))

@@ -6,7 +6,9 @@
 
 Parameterizations (``lmi.parameterizations()``): network-level ``sandwich``,
 ``ldlt``, ``gershgorin``; layer-wise baselines ``sll``, ``aol``, ``cayley``,
-``spectral``.
+``spectral``.  Each declares what its proof needs of the activation
+(``activation_needs``); activations come from :mod:`lipsdp.activation_registry`, and
+one a proof does not cover is refused with :class:`ActivationNotCoveredError`.
 """
 from . import functional
 from .certify import (
@@ -16,7 +18,19 @@ from .certify import (
     jacobian_norms,
     margins,
 )
-from .errors import ExportError, LMIError, UnknownParameterizationError
+from .errors import (
+    ActivationNotCoveredError,
+    ExportError,
+    InvalidArgumentError,
+    InvalidInputError,
+    InvalidOptionError,
+    LMIError,
+    NumericalRangeError,
+    ShapeMismatchError,
+    UnknownParameterizationError,
+    UnsupportedDtypeError,
+    UnsupportedModelError,
+)
 from .export import check_witness, plain_weights, to_plain, witness
 from .layers import (
     AOLLinear,
@@ -37,6 +51,7 @@ from .models import (
     SandwichNet,
     SLLNet,
     SpectralNet,
+    gamma_range,
     get_parameterization,
     lipschitz_mlp,
     parameterizations,
@@ -59,12 +74,14 @@ from .train import (
 __all__ = [
     "functional",
     "certified_accuracy", "certified_radius", "empirical_lipschitz", "jacobian_norms", "margins",
-    "ExportError", "LMIError", "UnknownParameterizationError",
+    "ActivationNotCoveredError", "ExportError", "InvalidArgumentError", "InvalidInputError",
+    "InvalidOptionError", "LMIError", "NumericalRangeError", "ShapeMismatchError",
+    "UnknownParameterizationError", "UnsupportedDtypeError", "UnsupportedModelError",
     "check_witness", "plain_weights", "to_plain", "witness",
     "AOLLinear", "CayleyLinear", "GershgorinLinear", "LDLTLinear", "SandwichLinear", "SLLBlock",
     "SpectralLinear", "make_activation",
     "AOLNet", "CayleyNet", "GershgorinNet", "LDLTNet", "LipschitzMLP", "SandwichNet", "SLLNet",
-    "SpectralNet", "get_parameterization", "lipschitz_mlp", "parameterizations", "register",
+    "SpectralNet", "gamma_range", "get_parameterization", "lipschitz_mlp", "parameterizations", "register",
     "DATASETS", "Dataset", "TrainHistory", "evaluate", "function_data", "load_checkpoint",
     "load_dataset", "lipschitz_margin_loss", "save_checkpoint", "square_wave", "train",
 ]

@@ -1,36 +1,36 @@
 """Typed errors of the ``lmi`` package.
 
-When the solver half (``lipsdp.errors``) is importable, the errors here also
-derive from its ``LipSDPError`` so callers can catch every project error with one
-``except`` clause; they always derive from :class:`ValueError`.
+Every error raised on purpose by ``lmi`` derives from :class:`LMIError`, itself a
+:class:`lipsdp.errors.LipSDPError`, so one ``except`` clause catches every project
+error.  Each also derives from the closest built-in exception (``ValueError`` for
+bad values, ``TypeError`` for objects of the wrong kind) and, where lipsdp has an
+error for the same situation, from that one too (``lmi.ShapeMismatchError`` is a
+:class:`lipsdp.errors.ShapeMismatchError`).
 """
 from __future__ import annotations
 
-try:  # pragma: no cover - depends on the other half of the project
-    from lipsdp.errors import LipSDPError as _ProjectError
-except Exception:  # noqa: BLE001 - any import problem means "not available yet"
-    _ProjectError = None
-try:  # pragma: no cover
-    from lipsdp.errors import UnknownNameError as _UnknownName
-except Exception:  # noqa: BLE001
-    _UnknownName = None
+from lipsdp import errors as _lipsdp
+
+__all__ = [
+    "LMIError",
+    "UnknownParameterizationError",
+    "ExportError",
+    "ActivationNotCoveredError",
+    "InvalidArgumentError",
+    "InvalidOptionError",
+    "UnsupportedDtypeError",
+    "NumericalRangeError",
+    "ShapeMismatchError",
+    "InvalidInputError",
+    "UnsupportedModelError",
+]
 
 
-if _ProjectError is None:
-
-    class LMIError(Exception):
-        """Base class of all errors raised by ``lmi``."""
-
-else:
-
-    class LMIError(_ProjectError):  # type: ignore[misc,valid-type]
-        """Base class of all errors raised by ``lmi``."""
+class LMIError(_lipsdp.LipSDPError):
+    """Base class of all errors raised by ``lmi``."""
 
 
-_unknown_bases = (LMIError, ValueError) if _UnknownName is None else (LMIError, _UnknownName)
-
-
-class UnknownParameterizationError(*_unknown_bases):  # type: ignore[misc]
+class UnknownParameterizationError(LMIError, _lipsdp.UnknownNameError):
     """Raised for a parameterization name that is not registered.
 
     Attributes ``name`` (what was asked for) and ``known`` (sorted registered names).
@@ -38,16 +38,42 @@ class UnknownParameterizationError(*_unknown_bases):  # type: ignore[misc]
 
     kind = "parameterization"
 
-    def __init__(self, name, known=()):
-        self.name = name
-        self.known = sorted(known)
-        Exception.__init__(
-            self, f"unknown {self.kind} {name!r}; available: {', '.join(self.known) or '(none)'}"
-        )
-
 
 class ExportError(LMIError, ValueError):
     """Raised when a model cannot be exported to a plain network."""
 
 
-__all__ = ["LMIError", "UnknownParameterizationError", "ExportError"]
+class ActivationNotCoveredError(LMIError, _lipsdp.ActivationNotCoveredError):
+    """An activation that a parameterization's proof does not cover.
+
+    The message names the activation, the property the proof needs, and the
+    parameterizations that accept it (or says that none does).
+    """
+
+
+class InvalidArgumentError(LMIError, ValueError):
+    """A constructor argument with an unusable value (``dims``, ``gamma``, ``alpha``, …)."""
+
+
+class InvalidOptionError(LMIError, _lipsdp.InvalidOptionError):
+    """An unknown keyword option, or an option value a parameterization cannot use."""
+
+
+class UnsupportedDtypeError(InvalidOptionError):
+    """A dtype other than float32/float64 (the constructions need real floating point)."""
+
+
+class NumericalRangeError(LMIError, _lipsdp.NumericalRangeError):
+    """A requested constant (``gamma``) whose powers under- or overflow the model's dtype."""
+
+
+class ShapeMismatchError(LMIError, _lipsdp.ShapeMismatchError):
+    """An input whose width differs from the model's input width, or widths that do not fit."""
+
+
+class InvalidInputError(LMIError, TypeError):
+    """An input that is not a tensor of the model's dtype."""
+
+
+class UnsupportedModelError(LMIError, TypeError):
+    """A model that an ``lmi`` function cannot handle (not an ``lmi`` network)."""

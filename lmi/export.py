@@ -3,6 +3,11 @@
 ``to_plain(model)`` returns an ``nn.Sequential`` of ``nn.Linear`` and activation
 modules computing the same function (outputs equal to ~1e-6 in float64), which
 ``lipsdp.estimate`` can certify independently.
+
+Every function here takes ``lmi`` networks (:class:`lmi.models.LipschitzMLP`) only,
+and re-checks that the network's activation is covered by its parameterization's
+proof before exporting or checking anything (it may have been swapped after
+construction).
 """
 from __future__ import annotations
 
@@ -11,20 +16,46 @@ import copy
 import torch
 from torch import nn
 
-from . import functional as LF
-from .errors import ExportError
+from .errors import UnsupportedModelError
+from .layers import resolve_dtype
+from .models import LipschitzMLP
 
 __all__ = ["to_plain", "witness", "check_witness", "plain_weights"]
 
 
+def _require_lmi_model(model, what: str) -> None:
+    """Refuse anything but an lmi network, then re-check its activation.
+
+    Raises
+    ------
+    UnsupportedModelError
+        ``model`` is not an :class:`~lmi.models.LipschitzMLP`.
+    ActivationNotCoveredError
+        Its activation is not covered by its parameterization's proof.
+    """
+    if not isinstance(model, LipschitzMLP):
+        raise UnsupportedModelError(
+            f"{what} takes an lmi network (built by lmi.lipschitz_mlp), got {type(model).__name__}; "
+            f"for other torch models use lipsdp.estimate(model)"
+        )
+    model.require_covered_activation()
+
+
+def _is_plain(model) -> bool:
+    return isinstance(model, nn.Sequential) and all(isinstance(m, nn.Linear) or not list(m.parameters())
+                                                    for m in model)
+
+
 def plain_weights(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Detached ``[(W, b)]`` of the plain network equivalent to ``model``."""
-    if isinstance(model, nn.Sequential) and all(isinstance(m, nn.Linear) or not list(m.parameters())
-                                                for m in model):
+    """Detached ``[(W, b)]`` of the plain network equivalent to ``model``.
+
+    ``model`` is an lmi network, or an ``nn.Sequential`` whose only parameterised
+    modules are ``nn.Linear`` (its weights are read as they are).
+    """
+    if _is_plain(model):
         return [(m.weight.detach(), m.bias.detach() if m.bias is not None else torch.zeros(m.out_features))
                 for m in model if isinstance(m, nn.Linear)]
-    if not hasattr(model, "plain_layers"):
-        raise ExportError(f"{type(model).__name__} has no plain_layers(); not an lmi model")
+    _require_lmi_model(model, "plain_weights")
     with torch.no_grad():
         return [(W.detach().clone(), b.detach().clone()) for W, b in model.plain_layers()]
 
@@ -34,58 +65,67 @@ def to_plain(model, dtype=None) -> nn.Sequential:
 
     Parameters
     ----------
-    model : lmi model (anything with ``plain_layers()`` and ``activation``)
-    dtype : torch.dtype, optional
+    model : lmi network (:class:`lmi.models.LipschitzMLP`)
+    dtype : torch.float32 or torch.float64, optional
         Dtype of the exported weights (default: the model's).
 
     Returns
     -------
     nn.Sequential
-        ``Linear, act, Linear, act, ..., Linear`` in eval mode, on the model's device;
-        for SLL ``Linear, Residual(Linear, act, Linear), Linear, …`` with
-        :class:`lipsdp.nn.Residual` blocks, which ``lipsdp`` certifies as residual layers.
+        ``Linear, act, Linear, act, ..., Linear`` in eval mode, on the model's device,
+        with copies of ``model.activation``; for SLL ``Linear, Residual(Linear, act,
+        Linear), Linear, …`` with :class:`lipsdp.nn.Residual` blocks, which ``lipsdp``
+        certifies as residual layers.
+
+    Raises
+    ------
+    UnsupportedModelError, ActivationNotCoveredError, UnsupportedDtypeError
     """
+    _require_lmi_model(model, "to_plain")
+    if dtype is not None:
+        resolve_dtype(dtype)
     if hasattr(model, "plain_modules"):  # residual models (SLL) export their blocks as lipsdp.nn.Residual
         return nn.Sequential(*model.plain_modules()).to(dtype=dtype).eval()
     layers = plain_weights(model)
-    act = getattr(model, "activation", None)
-    if act is None and len(layers) > 1:
-        raise ExportError("model has no activation attribute")
     mods: list[nn.Module] = []
     for i, (W, b) in enumerate(layers):
-        lin = nn.Linear(W.shape[1], W.shape[0], bias=True, dtype=dtype or W.dtype, device=W.device)
+        lin = nn.Linear(W.shape[1], W.shape[0], bias=True, dtype=W.dtype, device=W.device)
         with torch.no_grad():
             lin.weight.copy_(W)
             lin.bias.copy_(b)
         mods.append(lin)
         if i < len(layers) - 1:
-            mods.append(copy.deepcopy(act))
-    return nn.Sequential(*mods).eval()
+            mods.append(copy.deepcopy(model.activation))
+    return nn.Sequential(*mods).to(dtype=dtype).eval()
 
 
 def witness(model):
-    """``(rho, lambdas)`` certifying ``M(rho, Lambda) <= 0`` for the plain weights of ``model``.
+    """``(rho, lambdas)`` certifying the model's LMI for its plain weights.
 
     For the sandwich network ``lambda_k = gamma psi_k^2``; for LDL^T the
-    learned multipliers; for Gershgorin the closed-form ones; for the layer-wise
-    baselines the product-of-norms witness.  ``None`` for SLL (per-block
-    certificate, see :meth:`lmi.models.SLLNet.lmi_violation`).
+    learned multipliers; for Gershgorin the closed-form ones (all for the
+    slope-[0, 1] matrix :func:`lmi.functional.lipsdp_matrix`); for the layer-wise
+    baselines the product-of-norms witness (for :func:`lmi.functional.layerwise_matrix`).
+    ``None`` for SLL (per-block certificate, see :meth:`lmi.models.SLLNet.lmi_violation`).
     """
+    _require_lmi_model(model, "witness")
     return model.witness()
 
 
 def check_witness(model, tol: float = 1e-9) -> tuple[bool, float]:
-    """Check the LipSDP LMI at the model's witness in float64, without a solver.
+    """Check the model's LMI at its witness in float64, without a solver.
 
-    Returns ``(ok, max_eig)`` where ``max_eig`` is the largest eigenvalue of
-    ``M(gamma^2, Lambda)`` normalised by ``max(1, max|M_ij|)``.
+    Returns ``(ok, violation)`` with ``violation = model.lmi_violation()``: the largest
+    eigenvalue of the certificate matrix at ``rho = gamma^2`` divided by its largest
+    entry (per block for SLL); ``ok`` is ``violation <= tol`` (False for NaN).
+
+    Raises
+    ------
+    UnsupportedModelError
+        ``model`` is not an lmi network (there is no witness to check).
+    ActivationNotCoveredError
+        Its activation is not covered by its parameterization's proof.
     """
-    w = model.witness()
-    if w is None:
-        v = model.lmi_violation()
-        return v <= tol, v
-    rho, lams = w
-    Ws = [W for W, _ in plain_weights(model)]
-    M = LF.lipsdp_matrix(Ws, lams, rho)
-    v = float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max() / max(1.0, float(M.abs().max())))
-    return v <= tol, v
+    _require_lmi_model(model, "check_witness")
+    v = model.lmi_violation()
+    return bool(v <= tol), v

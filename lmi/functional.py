@@ -18,12 +18,18 @@ in exactly one place:
 * :func:`lipsdp_matrix` -- the LipSDP matrix ``M(rho, Lambda)`` (MATH.md §1) for
   a feed-forward network with slope-[0, 1] activations, used to check witnesses
   without an SDP solver.
+* :func:`layerwise_matrix` -- the same for 1-Lipschitz activations (MaxMin,
+  GroupSort, …) with one scalar multiplier per layer, the certificate of the
+  layer-wise (product) parameterizations.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
+
+from .errors import InvalidArgumentError
 
 __all__ = [
     "cayley",
@@ -34,7 +40,9 @@ __all__ = [
     "sll_diag",
     "abs_chain",
     "lipsdp_matrix",
+    "layerwise_matrix",
     "lmi_max_eig",
+    "relative_max_eig",
     "product_witness",
 ]
 
@@ -184,8 +192,7 @@ def lipsdp_matrix(weights: Sequence[torch.Tensor], lambdas: Sequence[torch.Tenso
     """
     W = [w.detach().to(torch.float64) for w in weights]
     lam = [x.detach().to(torch.float64).reshape(-1) for x in lambdas]
-    if len(lam) != len(W) - 1:
-        raise ValueError(f"need {len(W) - 1} multiplier vectors, got {len(lam)}")
+    _check_multiplier_count(W, lam)
     sizes = [W[0].shape[1]] + [w.shape[0] for w in W[:-1]]
     offs = [0]
     for n in sizes:
@@ -202,6 +209,65 @@ def lipsdp_matrix(weights: Sequence[torch.Tensor], lambdas: Sequence[torch.Tenso
     a, b = offs[-2], offs[-1]
     M[a:b, a:b] += W[-1].transpose(0, 1) @ W[-1]
     return M
+
+
+def _check_multiplier_count(weights, lambdas) -> None:
+    if len(lambdas) != len(weights) - 1:
+        raise InvalidArgumentError(f"need {len(weights) - 1} multiplier vectors (one per hidden layer), "
+                                   f"got {len(lambdas)}")
+
+
+def _scalar_multiplier(lam: torch.Tensor, k: int) -> float:
+    """The one multiplier of hidden layer ``k`` (a constant vector is accepted)."""
+    if lam.numel() == 0 or not bool((lam == lam[0]).all()):
+        raise InvalidArgumentError(
+            f"the 1-Lipschitz constraint of hidden layer {k} takes one scalar multiplier (a group activation "
+            f"mixes neurons, so per-neuron multipliers are not valid); got {lam.numel()} different values"
+        )
+    return float(lam[0])
+
+
+def layerwise_matrix(weights: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], rho) -> torch.Tensor:
+    r"""The LipSDP matrix for 1-Lipschitz activations, one scalar multiplier per hidden layer.
+
+    A 1-Lipschitz activation (elementwise or not: MaxMin, GroupSort, Householder)
+    satisfies ``lambda (||dx_k||^2 - ||dphi_k||^2) >= 0`` for any scalar
+    ``lambda >= 0``.  With ``dv_0 = dx_0`` and ``dv_k`` the output differences of
+    hidden layer ``k``, adding these constraints to ``||W_l dv_{l-1}||^2 - rho
+    ||dx_0||^2`` gives the block-diagonal matrix
+
+    .. math::  \mathrm{diag}(-\rho I + \lambda_1 W_1^T W_1,\ -\lambda_1 I + \lambda_2 W_2^T W_2,
+               \ \dots,\ -\lambda_{l-1} I + W_l^T W_l),
+
+    and ``M \preceq 0`` certifies that the network is ``sqrt(rho)``-Lipschitz in the
+    2-norm.  The product-of-norms witness (:func:`product_witness`) makes every
+    block exactly tight in its top eigenvalue.
+    """
+    W = [w.detach().to(torch.float64) for w in weights]
+    _check_multiplier_count(W, lambdas)
+    hidden = [_scalar_multiplier(torch.as_tensor(x).detach().reshape(-1), k + 1) for k, x in enumerate(lambdas)]
+    before = [float(rho)] + hidden  # multiplier of the input of layer k (rho for the network input)
+    after = hidden + [1.0]  # multiplier of its output (1 for the network output)
+    blocks = [-b * torch.eye(Wk.shape[1], dtype=torch.float64, device=Wk.device) + a * (Wk.transpose(0, 1) @ Wk)
+              for Wk, b, a in zip(W, before, after)]
+    return torch.block_diag(*blocks)
+
+
+def relative_max_eig(M: torch.Tensor, scale: float = 0.0) -> float:
+    r"""Largest eigenvalue of the symmetric part of ``M`` divided by ``max(max |M_ij|, scale)``.
+
+    Scale-free (``M`` and ``c M`` with ``c scale`` give the same value), so a tolerance
+    on it means the same thing for every gamma; ``<= 0`` up to rounding means
+    ``M \preceq 0``.  Pass as ``scale`` the size of the terms summed into ``M`` (e.g.
+    ``rho`` and the multipliers) where they cancel, as at a tight witness.  NaN when
+    ``M`` has non-finite entries.
+    """
+    if not bool(torch.isfinite(M).all()):
+        return math.nan
+    denom = max(float(M.abs().max()), float(scale))
+    if denom == 0.0:  # the zero matrix is negative semidefinite
+        return 0.0
+    return float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max()) / denom
 
 
 def lmi_max_eig(weights, lambdas, rho) -> float:

@@ -8,9 +8,14 @@ keeps the certificate.  The layer-wise ones (:class:`SandwichLinear`,
 network-level ones (:class:`LDLTLinear`, and :class:`GershgorinLinear` inside a
 network) receive their scaling from the network in :mod:`lmi.models`.
 
-Activations must be slope-restricted in ``[0, 1]`` (ReLU, tanh, sigmoid,
-LeakyReLU with slope >= 0); this is the quadratic constraint used by every
-certificate below.
+Activations: every layer or network that applies an activation declares what its
+proof needs of it (``activation_needs``, a :class:`lipsdp.activation_registry.ProofNeeds`):
+the sandwich and SLL layers use the slope-[0, 1] quadratic constraint with diagonal
+multipliers (:data:`~lipsdp.activation_registry.SLOPE_IN_0_1`).  Activations are
+built and judged by the one activation registry, :mod:`lipsdp.activation_registry`;
+anything its proof does not cover is refused with
+:class:`~lmi.errors.ActivationNotCoveredError`, at construction and again wherever a
+bound is claimed (a user may swap ``layer.activation`` afterwards).
 
 Caching: :class:`CachedWeights` recomputes the constrained weights on every
 forward in training mode and caches them in eval mode; the cache is keyed on
@@ -21,17 +26,32 @@ detached (parameters are treated as constants).
 from __future__ import annotations
 
 import math
-from typing import Callable
+import numbers
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from lipsdp import activation_registry
+from lipsdp.activation_registry import SLOPE_IN_0_1, ProofNeeds
+
 from . import functional as LF
+from .errors import (
+    ActivationNotCoveredError,
+    InvalidArgumentError,
+    InvalidInputError,
+    ShapeMismatchError,
+    UnsupportedDtypeError,
+    UnsupportedModelError,
+)
+from .registry import accepting
 
 __all__ = [
     "CachedWeights",
+    "ActivationOwner",
     "make_activation",
+    "require_covered",
+    "resolve_dtype",
     "SandwichLinear",
     "LDLTLinear",
     "GershgorinLinear",
@@ -41,33 +61,143 @@ __all__ = [
     "SLLBlock",
 ]
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
-    "softplus": nn.Softplus,
-    "elu": nn.ELU,  # slope in (0, 1]
-}
+#: the dtypes lmi builds models in (the constructions need real floating point of this precision)
+FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def make_activation(activation) -> nn.Module:
-    """Return an activation module from a name, a module, or ``None`` (ReLU).
+# ------------------------------------------------------------------------ argument checks
+def resolve_dtype(dtype) -> torch.dtype:
+    """The dtype a model is built in: ``dtype``, or torch's default dtype when None.
 
-    Only activations slope-restricted in ``[0, 1]`` keep the certificates valid.
+    Raises
+    ------
+    UnsupportedDtypeError
+        Anything but ``torch.float32`` / ``torch.float64``.
     """
-    if activation is None:
-        return nn.ReLU()
+    resolved = torch.get_default_dtype() if dtype is None else dtype
+    if not any(resolved is d for d in FLOAT_DTYPES):
+        raise UnsupportedDtypeError(
+            f"lmi builds models in torch.float32 or torch.float64, got dtype={resolved!r}; "
+            f"pass dtype=torch.float32 or dtype=torch.float64"
+        )
+    return resolved
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int, refused (:class:`InvalidArgumentError`) unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name: str, why: str) -> float:
+    """``value`` as a float, refused (:class:`InvalidArgumentError`) unless it is positive and finite."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (x > 0 and math.isfinite(x)):
+        raise InvalidArgumentError(f"{name} must be positive and finite ({why}), got {value!r}")
+    return x
+
+
+def check_input(x, width: int, dtype: torch.dtype, owner: str) -> None:
+    """Refuse a forward input that is not a ``(..., width)`` tensor of ``dtype``.
+
+    Raises
+    ------
+    InvalidInputError
+        Not a tensor, or a tensor of another dtype (the message says which to use).
+    ShapeMismatchError
+        The last dimension is not ``width``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInputError(f"{owner} takes a torch.Tensor of shape (batch, {width}), got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != width:
+        raise ShapeMismatchError(
+            f"{owner} expects inputs of width {width} (shape (batch, {width})), got shape {tuple(x.shape)}"
+        )
+    if x.dtype != dtype:
+        raise InvalidInputError(
+            f"{owner} is in {dtype} but the input is {x.dtype}: convert the input with x.to({dtype}) "
+            f"or the model with model.to({x.dtype})"
+        )
+
+
+# ------------------------------------------------------------------------------ activations
+def _activation_module(activation) -> nn.Module:
+    """The torch module of a spec string (``"relu"``, ``"leaky_relu:0.2"``, …), a module, or None (ReLU)."""
+    if activation is None or isinstance(activation, str):
+        return activation_registry.module_from_spec(activation)
     if isinstance(activation, nn.Module):
-        if isinstance(activation, nn.LeakyReLU) and not (0.0 <= activation.negative_slope <= 1.0):
-            raise ValueError("LeakyReLU slope must lie in [0, 1] for the certificates to hold")
         return activation
-    if isinstance(activation, str):
-        key = activation.lower().replace("-", "_")
-        if key not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
-        return _ACTIVATIONS[key]()
-    raise TypeError(f"activation must be a name or an nn.Module, got {type(activation).__name__}")
+    raise ActivationNotCoveredError(
+        f"an activation is a spec string such as 'relu' or 'leaky_relu:0.2', a torch module, or None "
+        f"(ReLU); got {type(activation).__name__}"
+    )
+
+
+def _where_accepted(activation) -> str:
+    names = accepting(activation)
+    if not names:
+        return "no lmi parameterization accepts it"
+    return f"parameterizations that accept it: {', '.join(names)}"
+
+
+def require_covered(activation, needs: ProofNeeds, owner: str) -> None:
+    """Refuse ``activation`` unless ``needs`` admits it (for every value of its parameters).
+
+    Raises
+    ------
+    ActivationNotCoveredError
+        Naming the activation, the property ``owner``'s proof needs, why the activation
+        lacks it, and the parameterizations that accept it (or that none does).
+    """
+    ok, reason = needs.admits(activation)
+    if not ok:
+        raise ActivationNotCoveredError(
+            f"{owner} does not cover the activation {activation!r}: its proof needs an activation that is "
+            f"{needs.description} for every value of its parameters, but {reason}; {_where_accepted(activation)}"
+        )
+
+
+def make_activation(activation=None, needs: ProofNeeds = SLOPE_IN_0_1, *, owner: str = "this layer",
+                    dtype=None, device=None) -> nn.Module:
+    """An activation module that ``needs`` admits, on ``dtype``/``device``.
+
+    Parameters
+    ----------
+    activation : str, nn.Module or None
+        A spec string of :mod:`lipsdp.activation_registry` (``"relu"``, ``"leaky_relu:0.2"``,
+        ``"tanh"``, ``"maxmin"``, ``"groupsort:4"``, …), a torch module (moved in place to
+        ``dtype``/``device`` so its parameters match the model's), or None for ReLU.
+    needs : ProofNeeds
+        What the proof using the activation needs of it (default: slopes in ``[0, 1]``).
+    owner : str
+        Who uses it, for the error message.
+
+    Raises
+    ------
+    ActivationNotCoveredError
+        The activation is not covered by ``needs`` (see :func:`require_covered`).
+    """
+    module = _activation_module(activation)
+    require_covered(module, needs, owner)
+    return module.to(dtype=resolve_dtype(dtype), device=device)
+
+
+class ActivationOwner:
+    """Mixin of modules applying ``self.activation`` under a proof that needs ``activation_needs``."""
+
+    activation_needs: ProofNeeds = SLOPE_IN_0_1
+
+    def _owner_name(self) -> str:
+        return type(self).__name__
+
+    def require_covered_activation(self) -> None:
+        """Re-check ``self.activation`` (it may have been swapped since construction)."""
+        if getattr(self, "activation", None) is not None:
+            require_covered(self.activation, self.activation_needs, self._owner_name())
 
 
 class CachedWeights(nn.Module):
@@ -117,12 +247,21 @@ class CachedWeights(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
+def _widths(in_features, out_features) -> tuple[int, int]:
+    return positive_int(in_features, "in_features"), positive_int(out_features, "out_features")
+
+
+def factory_kwargs(dtype, device) -> dict:
+    """``{"dtype", "device"}`` for new tensors, with the dtype checked by :func:`resolve_dtype`."""
+    return {"dtype": resolve_dtype(dtype), "device": device}
+
+
 def _init_bias(bias: torch.Tensor, fan_in: int) -> None:
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     nn.init.uniform_(bias, -bound, bound)
 
 
-class SandwichLinear(CachedWeights):
+class SandwichLinear(ActivationOwner, CachedWeights):
     r"""Sandwich layer (Wang & Manchester, ICML 2023), 1-Lipschitz by construction.
 
     Free parameters ``X (q x q)``, ``Y (p x q)`` (stored stacked as ``XY``),
@@ -140,12 +279,19 @@ class SandwichLinear(CachedWeights):
 
     With ``output=True`` the layer is the linear map ``h -> B h + b``
     (``||B|| <= 1``), used as the last layer of a sandwich network.
+
+    The proof is the slope-[0, 1] quadratic constraint with the diagonal multiplier
+    ``Psi^2``, so the activation must be elementwise with slopes in ``[0, 1]``
+    (``activation_needs``).
     """
+
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, in_features: int, out_features: int, activation=None, output: bool = False,
                  dtype=None, device=None) -> None:
         super().__init__()
-        fk = {"dtype": dtype, "device": device}
+        fk = factory_kwargs(dtype, device)
+        in_features, out_features = _widths(in_features, out_features)
         self.in_features, self.out_features, self.output = in_features, out_features, output
         q, p = out_features, in_features
         self.XY = nn.Parameter(torch.empty(q + p, q, **fk))
@@ -156,7 +302,8 @@ class SandwichLinear(CachedWeights):
             self.d = nn.Parameter(torch.zeros(q, **fk))
         self.bias = nn.Parameter(torch.empty(q, **fk))
         _init_bias(self.bias, p)
-        self.activation = None if output else make_activation(activation)
+        self.activation = None if output else make_activation(activation, self.activation_needs,
+                                                               owner="SandwichLinear", **fk)
 
     def factors(self):
         """Return ``(A, B, psi)``: ``A`` is ``q x q``, ``B`` is ``q x p``, ``psi = e^d``."""
@@ -170,6 +317,7 @@ class SandwichLinear(CachedWeights):
         return self.factors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_features, self.bias.dtype, "SandwichLinear")
         A, B, psi = self.computed()
         if self.output:
             return F.linear(x, B, self.bias)
@@ -177,6 +325,8 @@ class SandwichLinear(CachedWeights):
         return math.sqrt(2.0) * (self.activation(pre) * psi) @ A
 
     def lipschitz_bound(self) -> float:
+        """1, after re-checking the activation (:class:`~lmi.errors.ActivationNotCoveredError`)."""
+        self.require_covered_activation()
         return 1.0
 
     def extra_repr(self) -> str:
@@ -200,14 +350,17 @@ class LDLTLinear(nn.Module):
     ``D_{l-1} - W_l^T W_l = F (I - \tilde W_l^T \tilde W_l) F^T \succeq 0``.
     All pivots positive is exactly the block LDL^T test of the LipSDP LMI
     (MATH.md §1-2), so the network with ``D_0 = gamma^2 I`` is gamma-Lipschitz.
+    ``alpha > 0`` (finite) is the slack of the contraction; ``alpha = 0`` would make
+    ``V V^T + alpha I`` singular.
     """
 
     def __init__(self, in_features: int, out_features: int, alpha: float = 1.0, output: bool = False,
                  dtype=None, device=None) -> None:
         super().__init__()
-        fk = {"dtype": dtype, "device": device}
+        fk = factory_kwargs(dtype, device)
+        in_features, out_features = _widths(in_features, out_features)
         self.in_features, self.out_features, self.output = in_features, out_features, output
-        self.alpha = float(alpha)
+        self.alpha = positive_float(alpha, "alpha", "the slack of the Cholesky factor of V V^T + alpha I")
         self.V = nn.Parameter(torch.empty(out_features, in_features, **fk))
         # singular values sqrt(alpha) => tilde W has singular values 1/sqrt(2)
         nn.init.orthogonal_(self.V)
@@ -241,6 +394,7 @@ class _UnitLinearMixin:
         return self.computed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_features, self.bias.dtype, type(self).__name__)
         return F.linear(x, self.computed(), self.bias)
 
     def lipschitz_bound(self) -> float:
@@ -260,7 +414,8 @@ class GershgorinLinear(_UnitLinearMixin, CachedWeights):
     def __init__(self, in_features: int, out_features: int, scaling: bool = True,
                  dtype=None, device=None) -> None:
         super().__init__()
-        fk = {"dtype": dtype, "device": device}
+        fk = factory_kwargs(dtype, device)
+        in_features, out_features = _widths(in_features, out_features)
         self.in_features, self.out_features = in_features, out_features
         self.V = nn.Parameter(torch.empty(out_features, in_features, **fk))
         nn.init.orthogonal_(self.V)
@@ -273,7 +428,8 @@ class GershgorinLinear(_UnitLinearMixin, CachedWeights):
 
     def _compute(self):
         if self.log_s is None:
-            raise RuntimeError("GershgorinLinear(scaling=False) is only usable inside GershgorinNet")
+            raise UnsupportedModelError("GershgorinLinear(scaling=False) is only usable inside GershgorinNet, "
+                                        "which owns the scaling; build it with scaling=True to use it alone")
         eps = torch.finfo(self.V.dtype).eps
         rho, _ = LF.abs_chain([self.V], torch.exp(self.log_s), eps=eps)
         return self.V * torch.rsqrt(rho + eps)
@@ -284,7 +440,7 @@ class _NormedLinear(_UnitLinearMixin, CachedWeights):
 
     def __init__(self, in_features: int, out_features: int, shape, dtype=None, device=None) -> None:
         super().__init__()
-        fk = {"dtype": dtype, "device": device}
+        fk = factory_kwargs(dtype, device)
         self.in_features, self.out_features = in_features, out_features
         self.V = nn.Parameter(torch.empty(*shape, **fk))
         nn.init.orthogonal_(self.V)
@@ -303,6 +459,7 @@ class AOLLinear(_NormedLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        in_features, out_features = _widths(in_features, out_features)
         super().__init__(in_features, out_features, (out_features, in_features), dtype, device)
 
     def _compute(self):
@@ -317,6 +474,7 @@ class CayleyLinear(_NormedLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        in_features, out_features = _widths(in_features, out_features)
         shape = (max(in_features, out_features), min(in_features, out_features))
         super().__init__(in_features, out_features, shape, dtype, device)
         with torch.no_grad():
@@ -334,6 +492,7 @@ class SpectralLinear(_NormedLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, dtype=None, device=None) -> None:
+        in_features, out_features = _widths(in_features, out_features)
         super().__init__(in_features, out_features, (out_features, in_features), dtype, device)
 
     def _compute(self):
@@ -341,27 +500,31 @@ class SpectralLinear(_NormedLinear):
         return self.V / sigma.clamp_min(torch.finfo(self.V.dtype).eps)
 
 
-class SLLBlock(CachedWeights):
+class SLLBlock(ActivationOwner, CachedWeights):
     r"""SDP-based Lipschitz residual layer (Araujo et al., ICLR 2023).
 
     ``h(x) = x - 2 V^T T^{-1} sigma(V x + b)`` with ``T = diag(t)``,
     ``t_i = sum_j |V V^T|_ij e^{q_j - q_i}``.  Gershgorin gives
     ``T - V V^T \succeq 0``, which with the slope-[0, 1] quadratic constraint
-    (multiplier ``2 T^{-1}``) certifies ``||h||_Lip <= 1``.
+    (multiplier ``2 T^{-1}``) certifies ``||h||_Lip <= 1``, so the activation must be
+    elementwise with slopes in ``[0, 1]`` (``activation_needs``).
     """
+
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, features: int, inner: int | None = None, activation=None,
                  dtype=None, device=None) -> None:
         super().__init__()
-        fk = {"dtype": dtype, "device": device}
-        inner = features if inner is None else inner
+        fk = factory_kwargs(dtype, device)
+        features = positive_int(features, "features")
+        inner = features if inner is None else positive_int(inner, "inner")
         self.features, self.inner = features, inner
         self.V = nn.Parameter(torch.empty(inner, features, **fk))
         nn.init.xavier_normal_(self.V)
         self.q = nn.Parameter(torch.zeros(inner, **fk))
         self.bias = nn.Parameter(torch.empty(inner, **fk))
         _init_bias(self.bias, features)
-        self.activation = make_activation(activation)
+        self.activation = make_activation(activation, self.activation_needs, owner="SLLBlock", **fk)
 
     def _compute(self):
         t = LF.sll_diag(self.V, self.q)
@@ -371,6 +534,7 @@ class SLLBlock(CachedWeights):
         return self.computed()[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.features, self.bias.dtype, "SLLBlock")
         V, t = self.computed()
         return x - 2.0 * (self.activation(F.linear(x, V, self.bias)) / t) @ V
 
@@ -383,6 +547,8 @@ class SLLBlock(CachedWeights):
             return float(torch.linalg.eigvalsh(M).min() / t.max())
 
     def lipschitz_bound(self) -> float:
+        """1, after re-checking the activation (:class:`~lmi.errors.ActivationNotCoveredError`)."""
+        self.require_covered_activation()
         return 1.0
 
     def extra_repr(self) -> str:

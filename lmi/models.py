@@ -18,9 +18,21 @@ Every model exposes
 * ``lmi_violation()`` -- the largest normalised eigenvalue of the certificate
   (``<= 0`` up to rounding means the LMI holds);
 * ``lipschitz_bound()`` -- ``gamma`` as a float.
+
+Each parameterization declares what its proof needs of the activation
+(``activation_needs``): the network-level ones and SLL use the slope-[0, 1]
+quadratic constraint with diagonal multipliers (``SLOPE_IN_0_1``: ReLU, tanh,
+sigmoid, LeakyReLU with slope in [0, 1], …); the layer-wise products (aol, cayley,
+spectral) only need a 1-Lipschitz activation (``ONE_LIPSCHITZ``: also MaxMin,
+GroupSort, Householder).  Anything else is refused with
+:class:`~lmi.errors.ActivationNotCoveredError`, at construction and again by
+``lipschitz_bound()``, ``witness()``, ``lmi_violation()`` and :func:`lmi.to_plain`
+(``model.activation`` may be swapped after construction).  The network applies
+``model.activation`` at every hidden layer.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -28,9 +40,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from lipsdp.activation_registry import ONE_LIPSCHITZ, SLOPE_IN_0_1
+from lipsdp.errors import LipSDPError
+
 from . import functional as LF
-from .errors import UnknownParameterizationError
+from .errors import ExportError, InvalidArgumentError, InvalidOptionError, NumericalRangeError, ShapeMismatchError
 from .layers import (
+    ActivationOwner,
     AOLLinear,
     CachedWeights,
     CayleyLinear,
@@ -39,8 +55,14 @@ from .layers import (
     SandwichLinear,
     SLLBlock,
     SpectralLinear,
+    check_input,
+    factory_kwargs,
     make_activation,
+    positive_float,
+    positive_int,
+    resolve_dtype,
 )
+from .registry import get_parameterization, parameterizations, register
 
 __all__ = [
     "LipschitzMLP",
@@ -55,35 +77,58 @@ __all__ = [
     "parameterizations",
     "get_parameterization",
     "lipschitz_mlp",
+    "gamma_range",
 ]
 
-_REGISTRY: dict[str, type] = {}
+
+def gamma_range(dtype=None) -> tuple[float, float]:
+    """The Lipschitz bounds a model of ``dtype`` accepts: ``[tiny ** (1/4), max ** (1/4)]``.
+
+    ``tiny`` and ``max`` are ``torch.finfo(dtype)``'s smallest normal and largest finite
+    numbers.  The constructions and their certificates use gamma² (the LDLᵀ pivot
+    ``D_0 = gamma² I``, the sandwich multipliers ``gamma psi²``, the Gershgorin rescaling
+    ``(gamma / sqrt(rho))²``, the witness ``rho = gamma²``); in this range gamma² is a normal
+    number with a factor ``sqrt(max)`` (resp. ``1/sqrt(tiny)``) of headroom for the weights
+    and multipliers it multiplies, so no step under- or overflows.  float32: about
+    ``[3.3e-10, 4.3e9]``; float64: about ``[1.2e-77, 1.2e77]``.
+    """
+    info = torch.finfo(resolve_dtype(dtype))
+    return info.tiny ** 0.25, info.max ** 0.25
 
 
-def register(name: str):
-    """Class decorator adding a network class to the registry under ``name``."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"parameterization {name!r} already registered")
-        cls.parameterization = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def parameterizations() -> list[str]:
-    """Sorted names of the registered parameterizations."""
-    return sorted(_REGISTRY)
+def _check_gamma(gamma, dtype) -> float:
+    """``gamma`` as a float inside :func:`gamma_range` of ``dtype`` (typed errors otherwise)."""
+    g = positive_float(gamma, "gamma", "the Lipschitz bound")
+    lo, hi = gamma_range(dtype)
+    if not lo <= g <= hi:
+        raise NumericalRangeError(
+            f"gamma = {g:g} is outside [{lo:.3g}, {hi:.3g}], the range in which gamma² and the products it enters "
+            f"stay finite and normal in {dtype} (lmi.gamma_range); use float64 for a wider range, or rescale the "
+            f"outputs instead (c * f is c-times as Lipschitz as f)"
+        )
+    return g
 
 
-def get_parameterization(name: str) -> type:
-    """The network class registered under ``name`` (raises :class:`UnknownParameterizationError`)."""
-    key = str(name).lower()
-    if key not in _REGISTRY:
-        raise UnknownParameterizationError(name, parameterizations())
-    return _REGISTRY[key]
+def _check_dims(dims) -> list[int]:
+    try:
+        items = list(dims)
+    except TypeError:
+        raise InvalidArgumentError(f"dims must be a sequence of widths [n_in, hidden..., n_out], got {dims!r}") from None
+    if len(items) < 2:
+        raise InvalidArgumentError(f"dims must have at least two entries [n_in, ..., n_out], got {items}")
+    return [positive_int(d, f"dims[{i}]") for i, d in enumerate(items)]
+
+
+def _check_options(cls: type, options: dict) -> None:
+    """Refuse keyword options that ``cls`` does not take (:class:`~lmi.errors.InvalidOptionError`)."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        known = sorted(set(params) - {"self", "dims"})
+        raise InvalidOptionError(f"parameterization {cls.parameterization!r} has no option(s) {unknown}; "
+                                 f"its options are {known}")
 
 
 def lipschitz_mlp(dims: Sequence[int], gamma: float = 1.0, parameterization: str = "sandwich",
@@ -95,40 +140,72 @@ def lipschitz_mlp(dims: Sequence[int], gamma: float = 1.0, parameterization: str
     dims : sequence of int
         ``[n_in, hidden..., n_out]`` (at least two entries).
     gamma : float
-        Lipschitz bound (2-norm); with ``learn_gamma=True`` it is trained as
-        ``log gamma``.
+        Lipschitz bound (2-norm), inside :func:`gamma_range` of ``dtype``; with
+        ``learn_gamma=True`` it is trained as ``log gamma``.
     parameterization : str
         One of :func:`parameterizations`.
     activation : str or nn.Module, optional
-        Slope-[0, 1] activation, ReLU by default.
+        ReLU by default; a spec string of :mod:`lipsdp.activation_registry` or a torch
+        module that the parameterization's proof covers (``activation_needs``).
+    dtype : torch.float32 or torch.float64, optional
+    **kwargs
+        Options of the parameterization (e.g. ``alpha`` for ``ldlt``).
+
+    Raises
+    ------
+    UnknownParameterizationError, ActivationNotCoveredError, InvalidArgumentError,
+    InvalidOptionError, UnsupportedDtypeError, NumericalRangeError, ShapeMismatchError
+        See :mod:`lmi.errors`; each message names the culprit.
     """
     cls = get_parameterization(parameterization)
+    _check_options(cls, kwargs)
     return cls(dims, gamma=gamma, activation=activation, learn_gamma=learn_gamma,
                dtype=dtype, device=device, **kwargs)
 
 
-class LipschitzMLP(CachedWeights):
-    """Base class: gamma handling, plain-weight forward, witnesses and checks."""
+class LipschitzMLP(ActivationOwner, CachedWeights):
+    """Base class: gamma handling, plain-weight forward, witnesses and checks.
+
+    Subclasses set ``activation_needs`` (what their proof needs of the activation) and
+    ``certificate_matrix`` (the LMI their witness satisfies, :func:`lmi.functional.lipsdp_matrix`
+    for the slope-[0, 1] constraint), and implement ``_compute`` (and ``_witness`` /
+    ``_lmi_violation`` / ``_forward`` where the defaults do not apply).
+    """
 
     parameterization = "base"
     network_level = True
+    activation_needs = SLOPE_IN_0_1
+    certificate_matrix = staticmethod(LF.lipsdp_matrix)
 
     def __init__(self, dims: Sequence[int], gamma: float = 1.0, activation=None,
                  learn_gamma: bool = False, dtype=None, device=None) -> None:
         super().__init__()
-        dims = [int(d) for d in dims]
-        if len(dims) < 2 or min(dims) < 1:
-            raise ValueError(f"dims must have at least two positive entries, got {dims}")
-        if not (gamma > 0 and math.isfinite(gamma)):
-            raise ValueError(f"gamma must be positive and finite, got {gamma}")
-        self.dims = dims
-        self.activation = make_activation(activation)
-        log_g = torch.tensor(math.log(gamma), dtype=dtype or torch.get_default_dtype(), device=device)
+        fk = factory_kwargs(dtype, device)
+        self.dims = _check_dims(dims)
+        gamma = _check_gamma(gamma, fk["dtype"])
+        self.activation = make_activation(activation, self.activation_needs, owner=self._owner_name(), **fk)
+        self._check_activation_widths(fk)
+        log_g = torch.tensor(math.log(gamma), **fk)
         if learn_gamma:
             self.log_gamma = nn.Parameter(log_g)
         else:
             self.register_buffer("log_gamma", log_g)
-        self._fk = {"dtype": dtype, "device": device}
+        self._fk = fk
+
+    def _owner_name(self) -> str:
+        return f"parameterization {self.parameterization!r}"
+
+    def _check_activation_widths(self, fk: dict) -> None:
+        """Refuse hidden widths the activation cannot act on (GroupSort(k) needs multiples of k)."""
+        for width in sorted(set(self.dims[1:-1])):
+            try:
+                with torch.no_grad():
+                    self.activation(torch.zeros(1, width, **fk))
+            except LipSDPError as exc:
+                raise ShapeMismatchError(
+                    f"the activation {self.activation!r} cannot act on a hidden layer of width {width} ({exc}); "
+                    f"choose hidden widths in dims={self.dims} that it accepts"
+                ) from None
 
     # -- gamma --------------------------------------------------------------
     @property
@@ -137,7 +214,14 @@ class LipschitzMLP(CachedWeights):
         return torch.exp(self.log_gamma)
 
     def lipschitz_bound(self) -> float:
-        """Certified 2-norm Lipschitz bound of the network (gamma)."""
+        """Certified 2-norm Lipschitz bound of the network (gamma).
+
+        Raises
+        ------
+        ActivationNotCoveredError
+            ``self.activation`` was swapped for one the proof does not cover.
+        """
+        self.require_covered_activation()
         return float(torch.exp(self.log_gamma.detach()))
 
     # -- weights ------------------------------------------------------------
@@ -146,6 +230,11 @@ class LipschitzMLP(CachedWeights):
         return self.computed()["layers"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on ``x`` of shape ``(..., dims[0])`` (typed errors for other shapes/dtypes)."""
+        check_input(x, self.dims[0], self.log_gamma.dtype, type(self).__name__)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = self.plain_layers()
         for W, b in layers[:-1]:
             x = self.activation(F.linear(x, W, b))
@@ -154,7 +243,15 @@ class LipschitzMLP(CachedWeights):
 
     # -- certificates -------------------------------------------------------
     def witness(self):
-        """``(rho, lambdas)`` with ``M(rho, diag(lambdas))`` of the plain weights ``<= 0``."""
+        """``(rho, lambdas)`` with ``certificate_matrix(plain weights, lambdas, rho) <= 0``.
+
+        ``None`` where the certificate is not one LMI (SLL).  Raises
+        :class:`~lmi.errors.ActivationNotCoveredError` if the activation is not covered.
+        """
+        self.require_covered_activation()
+        return self._witness()
+
+    def _witness(self):
         c = self.computed()
         lams = c.get("lambdas")
         if lams is None:
@@ -163,14 +260,25 @@ class LipschitzMLP(CachedWeights):
         return g * g, [lam.detach().double() for lam in lams]
 
     def lmi_violation(self) -> float:
-        """Largest eigenvalue of ``M(gamma^2, Lambda)`` divided by ``max(1, max|M_ij|)``."""
-        rho, lams = self.witness()
+        """Largest eigenvalue of the certificate at the witness, relative to its largest entry.
+
+        ``<= 0`` up to rounding means the LMI holds (see
+        :func:`lmi.functional.relative_max_eig`); NaN when it has non-finite entries.
+        Raises :class:`~lmi.errors.ActivationNotCoveredError` if the activation is not covered.
+        """
+        self.require_covered_activation()
+        return self._lmi_violation()
+
+    def _lmi_violation(self) -> float:
+        rho, lams = self._witness()
         Ws = [W for W, _ in self.plain_layers()]
-        M = LF.lipsdp_matrix(Ws, lams, rho)
-        return float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max() / max(1.0, float(M.abs().max())))
+        # the terms of a tight certificate cancel: normalise by their size, not by what is left
+        scale = max([float(rho)] + [float(lam.abs().max()) for lam in lams])
+        return LF.relative_max_eig(self.certificate_matrix(Ws, lams, rho), scale)
 
     def extra_repr(self) -> str:
-        return f"dims={self.dims}, gamma={self.lipschitz_bound():.4g}"
+        # the stored gamma, not lipschitz_bound(): printing a model must work whatever its activation
+        return f"dims={self.dims}, gamma={float(torch.exp(self.log_gamma.detach())):.4g}"
 
 
 @register("sandwich")
@@ -189,7 +297,10 @@ class SandwichNet(LipschitzMLP):
     ``Psi_k^2 / 2``; in the §1 convention that choice violates the LMI even at
     gamma = 1 -- the Schur complement is ``Psi (I - 2 A A^T - B B^T / 2) Psi`` --
     while ``gamma Psi_k^2`` makes it exactly ``gamma Psi (I - A A^T - B B^T) Psi = 0``.)
+    The proof is the slope-[0, 1] quadratic constraint with diagonal multipliers.
     """
+
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None):
         super().__init__(dims, gamma, activation, learn_gamma, dtype, device)
@@ -224,14 +335,14 @@ class SandwichNet(LipschitzMLP):
         """``[(A_k, B_k, psi_k)]`` of every layer (``psi`` is ``None`` for the last)."""
         return self.computed()["factors"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         # the sandwich form itself; to_plain() is checked against it
         facs = self.factors()
         sg = torch.sqrt(self.gamma)
         h = x * sg
         for layer, (A, B, psi) in zip(self.layers[:-1], facs[:-1]):
             pre = math.sqrt(2.0) * F.linear(h, B) / psi + layer.bias
-            h = math.sqrt(2.0) * (layer.activation(pre) * psi) @ A
+            h = math.sqrt(2.0) * (self.activation(pre) * psi) @ A
         _, B, _ = facs[-1]
         return F.linear(h, B) * sg + self.layers[-1].bias
 
@@ -248,7 +359,10 @@ class LDLTNet(LipschitzMLP):
     of ``D_{k-1}`` and a strict contraction, so every pivot is positive by
     construction and ``Lambda_k = diag(e^{log lambda_k})`` is the witness.
     ``gamma`` enters as the factor ``F_0 = gamma I`` of ``D_0`` (not ``1/gamma``).
+    The LMI is that of the slope-[0, 1] quadratic constraint with diagonal multipliers.
     """
+
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None,
                  alpha: float = 1.0):
@@ -283,8 +397,11 @@ class GershgorinNet(LipschitzMLP):
     weight is scaled by ``c = gamma / sqrt(rho)``; by homogeneity of ``M`` the
     plain network satisfies ``M(gamma^2, c^2 Lambda) = c^2 M(rho, Lambda) <= 0``.
     Closed form, no decomposition; more conservative than ``ldlt``/``sandwich``
-    (it certifies ``|| |W_l| ... |W_1| ||_2``-type bounds).
+    (it certifies ``|| |W_l| ... |W_1| ||_2``-type bounds).  The LMI is that of the
+    slope-[0, 1] quadratic constraint with diagonal multipliers.
     """
+
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None):
         super().__init__(dims, gamma, activation, learn_gamma, dtype, device)
@@ -306,10 +423,17 @@ class GershgorinNet(LipschitzMLP):
 
 
 class _LayerwiseNet(LipschitzMLP):
-    """Product of 1-Lipschitz linear layers with activations, output times gamma."""
+    """Product of 1-Lipschitz linear layers with activations, output times gamma.
+
+    The proof is the product of the layers' bounds, so the activation only needs to be
+    1-Lipschitz (MaxMin, GroupSort, Householder as well as ReLU, tanh, …); the witness
+    satisfies the block-diagonal LMI of :func:`lmi.functional.layerwise_matrix`.
+    """
 
     network_level = False
     layer_cls: type = AOLLinear
+    activation_needs = ONE_LIPSCHITZ
+    certificate_matrix = staticmethod(LF.layerwise_matrix)
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None):
         super().__init__(dims, gamma, activation, learn_gamma, dtype, device)
@@ -329,8 +453,8 @@ class _LayerwiseNet(LipschitzMLP):
         """Exact spectral norms of the constrained layer weights (each ``<= 1``)."""
         return [float(torch.linalg.matrix_norm(W.detach().double(), ord=2)) for W in self.computed()["unit"]]
 
-    def witness(self):
-        """Product-of-norms LipSDP-Layer witness evaluated at ``rho = gamma^2``."""
+    def _witness(self):
+        """Product-of-norms witness (one scalar multiplier per layer) at ``rho = gamma^2``."""
         _, lams = LF.product_witness([W for W, _ in self.plain_layers()])
         g = float(self.gamma.detach().double())
         return g * g, lams
@@ -370,10 +494,12 @@ class SLLNet(LipschitzMLP):
     :class:`lipsdp.nn.Residual` (see :meth:`plain_modules`), on which LipSDP
     certifies gamma; :meth:`plain_layers` gives the pure Linear/ReLU chain
     (``x = relu(x) − relu(−x)``), exact as a function but hiding the residual
-    structure, so LipSDP on it can exceed gamma.
+    structure, so LipSDP on it can exceed gamma.  Each block's proof is the slope-[0, 1]
+    quadratic constraint with the diagonal multiplier ``2 T^{-1}``.
     """
 
     network_level = False
+    activation_needs = SLOPE_IN_0_1
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None):
         super().__init__(dims, gamma, activation, learn_gamma, dtype, device)
@@ -387,11 +513,11 @@ class SLLNet(LipschitzMLP):
         blocks = [blk._compute() for blk in self.blocks]  # (V, t)
         return {"P": Ps, "blocks": blocks}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.computed()
         for P, proj, (V, t), blk in zip(c["P"][:-1], self.projections[:-1], c["blocks"], self.blocks):
             x = F.linear(x, P, proj.bias)
-            x = x - 2.0 * (blk.activation(F.linear(x, V, blk.bias)) / t) @ V
+            x = x - 2.0 * (self.activation(F.linear(x, V, blk.bias)) / t) @ V
         return F.linear(x, self.gamma * c["P"][-1], self.projections[-1].bias)
 
     def plain_modules(self) -> list[nn.Module]:
@@ -414,16 +540,16 @@ class SLLNet(LipschitzMLP):
                 mods.append(_linear(P * scale, proj.bias))
                 if k < len(c["blocks"]):
                     (V, t), blk = c["blocks"][k], self.blocks[k]
-                    branch = nn.Sequential(_linear(V, blk.bias), copy.deepcopy(blk.activation),
+                    branch = nn.Sequential(_linear(V, blk.bias), copy.deepcopy(self.activation),
                                            _linear(-2.0 * V.transpose(0, 1) / t.unsqueeze(0), None))
                     mods.append(Residual(branch))
         return mods
 
     def plain_layers(self):
-        if not isinstance(self.activation, nn.ReLU):
-            from .errors import ExportError
-
-            raise ExportError("SLL export writes the identity as relu(x) - relu(-x): ReLU only")
+        if type(self.activation) is not nn.ReLU:
+            raise ExportError(f"SLLNet.plain_layers() writes the identity as relu(x) - relu(-x), which needs the "
+                              f"activation nn.ReLU, not {self.activation!r}; lmi.to_plain(model) exports the "
+                              f"residual blocks for every activation it accepts")
         c = self.computed()
         Ps, bs = c["P"], [p.bias for p in self.projections]
         layers = []
@@ -439,10 +565,10 @@ class SLLNet(LipschitzMLP):
         layers.append((W_acc if self.blocks else Ps[0] * self.gamma, b_acc))
         return layers
 
-    def witness(self):
+    def _witness(self):
         return None
 
-    def lmi_violation(self) -> float:
+    def _lmi_violation(self) -> float:
         """Max over blocks of ``-lambda_min(T - V V^T)/max t`` and over projections of ``||P|| - 1``."""
         viol = [-blk.lmi_min_eig() for blk in self.blocks]
         viol += [float(torch.linalg.matrix_norm(p._compute().detach().double(), ord=2)) - 1.0
