@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--method", default=None, help="method name (see `lipsdp methods`); default lipsdp-neuron")
     est.add_argument("--solver", default=None, help="solver name (see `lipsdp solvers`); default: automatic")
     est.add_argument("--norm", default="2", choices=["2", "inf"], help="input/output norm")
-    est.add_argument("--activation", default="relu", help="activation between layers when the file does not say")
+    est.add_argument("--activation", default=None,
+                     help="activation between layers (e.g. relu) for files that do not say: state dicts, .npz "
+                          "without an activation entry; refused where the file says")
+    est.add_argument("--max-memory-gb", type=float, default=None,
+                     help="memory budget in GiB for the SDP (default: 75%% of the memory available)")
     est.add_argument("--json", action="store_true", help="print the result as JSON")
 
     cmp_ = sub.add_parser("compare", help="run the default comparison suite")
@@ -57,31 +61,45 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _norm_name(norm) -> str:
+    return "L2" if norm == 2 else "Linf"
+
+
 def _estimate(args: argparse.Namespace) -> int:
     import lipsdp
     from .io import load_network
 
     net = load_network(args.path, activation=args.activation)
     options = {k: v for k, v in (("method", args.method), ("solver", args.solver)) if v is not None}
-    bound = lipsdp.estimate(net, norm=2 if args.norm == "2" else "inf", **options)
+    bound = lipsdp.estimate(net, norm=2 if args.norm == "2" else "inf", max_memory_gb=args.max_memory_gb, **options)
     record = {name: _jsonable(getattr(bound, name, None)) for name in _RESULT_FIELDS}
+    # the bound carries the network's assumptions once LipschitzBound has the field; until then, the network's
+    assumptions = list(getattr(bound, "assumptions", getattr(net, "assumptions", ())) or ())
     if args.json:
+        record["norm"] = args.norm
+        record["assumptions"] = assumptions
         print(json.dumps(record))
-    else:
-        margin = record["certificate_margin"]
-        print(
-            f"{record['method']}: L <= {record['value']:.6g} (solver {record['solver']}, status {record['status']}, "
-            f"{record['solve_time']:.3g} s, certificate margin {'n/a' if margin is None else format(margin, '.3g')})"
-        )
+        return 0
+    margin = record["certificate_margin"]
+    print(
+        f"{record['method']}: L <= {record['value']:.6g} in the {_norm_name(bound.norm)} norm (solver "
+        f"{record['solver']}, status {record['status']}, {record['solve_time']:.3g} s, certificate margin "
+        f"{'n/a' if margin is None else format(margin, '.3g')})"
+    )
+    for assumption in assumptions:
+        print(f"assumed: {assumption}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .suite import run_default_suite
+    from .suite import run_default_suite, suite_outputs
 
     table = run_default_suite(out=args.out, methods=args.methods, solver=args.solver)
     columns = [c for c in ("network", "method", "value", "solver", "status", "solve_time") if c in table]
     print(table[columns].to_string(index=False))
+    csv_path, png_path = suite_outputs(args.out)
+    print(f"wrote {csv_path}")
+    print(f"wrote {png_path}")
     return 0
 
 

@@ -77,7 +77,7 @@ import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
 
-from .errors import SolverFailedError
+from .errors import InvalidOptionError, SolverFailedError
 from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, sparse_times_dense, split_products,
                       threads_for_size, transpose_copy, worth_a_second_thread)
 from .sdp import SDP, add_principal, as_index
@@ -1176,8 +1176,11 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
 
 # ----------------------------------------------------------------------------- registry hook
 def solve_with_ipm(sdp: SDP, tol: float = 1e-7, accept_tol: float = 1e-7, max_iters: int = 80,
-                   verbose: bool = False, **_ignored):
+                   verbose: bool = False, **unknown):
     """The ``"ipm"`` back end: :func:`ipm_solve` wrapped as a :class:`~lipsdp.solvers.SolveResult`.
+
+    Any other keyword option raises :class:`~lipsdp.errors.InvalidOptionError` (a misspelt
+    tolerance must not be ignored silently).
 
     ``tol = 1e-7`` (relative gap, measured against |primal| + |dual| objective, and
     relative infeasibilities).  The bound comes from the dual iterate ``y``, which
@@ -1188,8 +1191,11 @@ def solve_with_ipm(sdp: SDP, tol: float = 1e-7, accept_tol: float = 1e-7, max_it
     to the optimum the certified bound lies, never whether it is one.
     """
     from .decompose import split_decoupled_blocks
-    from .solvers import SolveResult
+    from .solvers import SolveResult, unknown_options_message
 
+    if unknown:
+        raise InvalidOptionError(unknown_options_message(unknown, "solver 'ipm'",
+                                                         ("tol", "accept_tol", "max_iters", "verbose")))
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
     threads = threads_for_size(max(b.dim for b in sdp.blocks))

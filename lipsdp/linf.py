@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .certify import certify
-from .errors import CertificationError, NotApplicableError, ShapeMismatchError
+from .errors import CertificationError, InvalidOptionError, NotApplicableError, ShapeMismatchError
 from .graph import SignalGraph, build_graph
 from .network import Network
 from .sdp import SDP, LMIBlock, QuadTerm, selector
@@ -118,7 +118,26 @@ def _normalised_multipliers(y_hat: np.ndarray, var_layer: np.ndarray, factors: n
     return y_hat * prod / s[var_layer] ** 2
 
 
+def _is_index(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_row_options(output_row, rows) -> tuple | None:
+    """``rows`` as a tuple; InvalidOptionError for an ``output_row`` that is not an integer or
+    ``rows`` that are not a sequence of integers."""
+    if output_row is not None and not _is_index(output_row):
+        raise InvalidOptionError(f"output_row must be an integer output index, got {output_row!r}")
+    if rows is None:
+        return None
+    if not isinstance(rows, (str, bytes)) and hasattr(rows, "__iter__"):
+        rows = tuple(rows)
+        if all(_is_index(r) for r in rows):
+            return rows
+    raise InvalidOptionError(f"rows must be a pair of integer output indices (i, j), got {rows!r}")
+
+
 def _functionals(p: int, output_row, rows) -> list[tuple[str, np.ndarray]]:
+    rows = _check_row_options(output_row, rows)
     if output_row is not None and rows is not None:
         raise NotApplicableError("give either output_row=i or rows=(i, j), not both")
     if rows is not None:

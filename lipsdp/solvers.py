@@ -9,6 +9,10 @@ Names (``lipsdp.solvers()`` lists the ones usable here):
 * ``"cvxpy:<SOLVER>"`` — the plain cvxpy reference path with any solver cvxpy
   knows (e.g. ``"cvxpy:SCS"``, ``"cvxpy:CVXOPT"``).
 
+Each back end takes its own keyword options (:func:`solver_options` lists
+them); :func:`solve` refuses any other with
+:class:`~lipsdp.errors.InvalidOptionError` before the back end runs.
+
 The automatic choice is licensed MOSEK > structured solvers registered with a
 priority (see :func:`register_solver`) > CVXOPT > SCS > Clarabel (small
 problems only).  Every back end returns a :class:`SolveResult` or raises a
@@ -17,15 +21,18 @@ typed error; ``inaccurate`` answers are failures, never bounds.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import LicenseError, SolverFailedError, SolverUnavailableError, UnknownSolverError
+from .errors import (InvalidOptionError, LicenseError, SolverFailedError, SolverUnavailableError,
+                     UnknownSolverError)
 from .sdp import SDP
 
 
@@ -47,7 +54,9 @@ class SolverSpec:
 
     ``priority``: higher is preferred by the automatic choice; ``max_size``:
     largest total LMI size the automatic choice gives it (None: no limit);
-    ``applies``: optional predicate on the SDP.
+    ``applies``: optional predicate on the SDP; ``options``: the keyword options
+    ``solve`` accepts, or a function returning them (None: the named keyword
+    parameters of ``solve`` after the SDP; a catch-all ``**kwargs`` accepts nothing more).
     """
 
     name: str
@@ -56,6 +65,7 @@ class SolverSpec:
     priority: int = 0
     max_size: int | None = None
     applies: Callable[[SDP], bool] | None = None
+    options: Iterable[str] | Callable[[], Iterable[str]] | None = None
 
 
 _SOLVERS: dict[str, SolverSpec] = {}
@@ -106,6 +116,41 @@ def _cvxpy_available(name: str) -> Callable[[], str | None]:
         return None
 
     return check
+
+
+#: options of cvxpy's ``Problem.solve`` itself that every cvxpy path passes on
+_CVXPY_COMMON_OPTIONS = ("verbose", "warm_start")
+
+
+def _clarabel_settings() -> tuple[str, ...]:
+    """The fields of ``clarabel.DefaultSettings`` (what cvxpy accepts as Clarabel options)."""
+    try:
+        import clarabel
+    except ImportError:
+        return ()
+    settings = clarabel.DefaultSettings()
+    return tuple(n for n in dir(settings) if not n.startswith("_") and not callable(getattr(settings, n)))
+
+
+#: solver options each cvxpy path accepts (SCS 3 settings, CVXOPT's solver options as cvxpy maps
+#: them, MOSEK's cvxpy keywords); anything else would be rejected by the solver or, for CVXOPT,
+#: stored silently in its global options
+_CVXPY_OPTIONS = {
+    "SCS": ("eps_abs", "eps_rel", "eps_infeas", "eps", "max_iters", "time_limit_secs", "normalize", "scale",
+            "adaptive_scale", "rho_x", "alpha", "acceleration_lookback", "acceleration_interval",
+            "write_data_filename", "log_csv_filename", "linear_solver", "use_indirect", "gpu"),
+    "CVXOPT": ("abstol", "reltol", "feastol", "max_iters", "refinement", "kktsolver"),
+    "MOSEK": ("mosek_params", "save_file", "bfs", "accept_unknown", "eps"),
+    "CLARABEL": _clarabel_settings,
+}
+
+
+def _cvxpy_options(name: str) -> Callable[[], tuple[str, ...]]:
+    def options() -> tuple[str, ...]:
+        own = _CVXPY_OPTIONS[name]
+        return _CVXPY_COMMON_OPTIONS + tuple(own() if callable(own) else own)
+
+    return options
 
 
 _CVXPY_DEFAULTS = {
@@ -201,9 +246,10 @@ register_solver(SolverSpec("cvxopt", solve_with_cvxopt, _cvxopt_available, prior
 for _name, _prio, _max in (("MOSEK", 100, None), ("SCS", 20, None), ("CLARABEL", 10, 150), ("CVXOPT", 0, None)):
     _solve = functools.partial(solve_with_cvxpy, solver=_name)
     _avail = _cvxpy_available(_name)
-    register_solver(SolverSpec(f"cvxpy:{_name}", _solve, _avail, priority=-1))
+    _options = _cvxpy_options(_name)
+    register_solver(SolverSpec(f"cvxpy:{_name}", _solve, _avail, priority=-1, options=_options))
     if _name != "CVXOPT":
-        register_solver(SolverSpec(_name.lower(), _solve, _avail, priority=_prio, max_size=_max))
+        register_solver(SolverSpec(_name.lower(), _solve, _avail, priority=_prio, max_size=_max, options=_options))
 
 
 # --------------------------------------------------------------------------- structured interior point
@@ -235,13 +281,88 @@ def _automatic_candidates(sdp: SDP | None):
         yield spec
 
 
+def _registry_key(name: str) -> str:
+    """The registry key of a solver name: lower case, or ``cvxpy:`` plus the upper-case cvxpy name."""
+    if name.startswith("cvxpy:"):
+        return "cvxpy:" + name.split(":", 1)[1].upper()
+    return name.lower()
+
+
+def lookup_solver(name: str) -> SolverSpec:
+    """The registered back end called ``name`` (availability not checked).
+
+    Raises
+    ------
+    InvalidOptionError
+        For a name that is not a string.
+    UnknownSolverError
+        For a name that is not registered (the message lists the known ones).
+    """
+    if not isinstance(name, str):
+        raise InvalidOptionError(f"solver must be a name (a string such as 'cvxopt') or None, got {name!r}; "
+                                 f"known: {', '.join(sorted(_SOLVERS))}")
+    key = _registry_key(name)
+    if key not in _SOLVERS:
+        raise UnknownSolverError(name, list(_SOLVERS))
+    return _SOLVERS[key]
+
+
+def solver_options(name: str | None = None) -> frozenset[str]:
+    """Keyword options the back end ``name`` accepts.
+
+    For None or ``"auto"``: those of any back end the automatic choice may pick (which one
+    runs depends on the problem; :func:`solve` checks again against the one it picks).
+    """
+    if name is None or name == "auto":
+        specs = [s for s in _SOLVERS.values() if s.priority >= 0]
+        return frozenset().union(*(_accepted_options(s) for s in specs))
+    return _accepted_options(lookup_solver(name))
+
+
+def _accepted_options(spec: SolverSpec) -> frozenset[str]:
+    if spec.options is not None:
+        return frozenset(spec.options() if callable(spec.options) else spec.options)
+    params = inspect.signature(spec.solve).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return frozenset(named[1:])  # the first parameter is the SDP
+
+
+def check_solver_options(spec: SolverSpec, options: dict, chosen: bool = False) -> None:
+    """Raise :class:`InvalidOptionError` for options the back end ``spec`` does not take.
+
+    ``chosen``: the back end was picked automatically (the message says how to name one).
+    """
+    accepted = _accepted_options(spec)
+    unknown = [name for name in options if name not in accepted]
+    if unknown:
+        how = (" (chosen automatically for this problem; name a solver with solver=... to use its options)"
+               if chosen else "")
+        raise InvalidOptionError(unknown_options_message(unknown, f"solver {spec.name!r}{how}", accepted))
+
+
+def unknown_options_message(unknown: Iterable[str], where: str, accepted: Iterable[str],
+                            also: Iterable[str] = (), label: str = "accepted") -> str:
+    """``"unknown option(s) 'x' for <where>; <label>: ...; did you mean 'y'?"`` (one line).
+
+    ``also``: further valid names (e.g. a function's own parameters) offered as corrections.
+    """
+    unknown, accepted = list(unknown), sorted(accepted)
+    names = ", ".join(repr(u) for u in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    text = f"unknown option{plural} {names} for {where}; {label}: {', '.join(accepted) or '(none)'}"
+    guesses = [g for u in unknown for g in difflib.get_close_matches(u, list(accepted) + list(also), n=1)]
+    if guesses:
+        text += f"; did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?"
+    return text
+
+
 def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
     """The back end for ``name`` (None/"auto": the best usable one for ``sdp``).
 
     Raises
     ------
     UnknownSolverError
-        For a name that is not registered.
+        For a name that is not registered (InvalidOptionError for a name that is not a string).
     LicenseError / SolverUnavailableError
         For a known back end that cannot run here; the message names the usable ones.
     """
@@ -250,12 +371,7 @@ def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
         if first is None:
             raise SolverUnavailableError("no SDP solver is usable here; install cvxopt or scs")
         return first
-    key = name if name.startswith("cvxpy:") else name.lower()
-    if key.startswith("cvxpy:"):
-        key = "cvxpy:" + key.split(":", 1)[1].upper()
-    if key not in _SOLVERS:
-        raise UnknownSolverError(name, list(_SOLVERS))
-    spec = _SOLVERS[key]
+    spec = lookup_solver(name)
     problem = spec.available()
     if problem is not None:
         usable = ", ".join(solvers()) or "(none)"
@@ -273,13 +389,17 @@ def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
 
     In automatic mode a back end that fails (typed :class:`SolverFailedError`)
     hands over to the next usable one (e.g. the structured solver to CVXOPT);
-    the error of the last one is raised if all fail.
+    the error of the last one is raised if all fail.  Options the back end does
+    not take raise :class:`~lipsdp.errors.InvalidOptionError` before it runs.
     """
     if solver is not None and solver != "auto":
-        return resolve_solver(solver, sdp).solve(sdp, **options)
+        spec = resolve_solver(solver, sdp)
+        check_solver_options(spec, options)
+        return spec.solve(sdp, **options)
     failures = []
     # solver-specific options belong to the first choice only: no hand-over when options are given
     for spec in itertools.islice(_automatic_candidates(sdp), 1 if options else 2):
+        check_solver_options(spec, options, chosen=True)
         try:
             result = spec.solve(sdp, **options)
         except SolverFailedError as exc:

@@ -147,6 +147,12 @@ def write_csv(frame, path: str | os.PathLike) -> Path:
     return target
 
 
+def suite_outputs(out: str | os.PathLike) -> tuple[Path, Path]:
+    """Paths of the CSV table and the PNG figure that :func:`run_default_suite` writes under ``out``."""
+    out = Path(out)
+    return out / "compare_default.csv", out / "compare_default.png"
+
+
 def run_default_suite(
     out: str | os.PathLike = "results",
     methods: Sequence[str] | None = None,
@@ -172,11 +178,20 @@ def run_default_suite(
     Returns
     -------
     pandas.DataFrame
-        ``compare`` columns plus ``network``.
+        ``compare`` columns plus ``network``; the files are at :func:`suite_outputs`.
+
+    Raises
+    ------
+    UnknownMethodError, UnknownSolverError, SolverUnavailableError, InvalidOptionError
+        For a method or solver name that cannot run, before any network is trained.
     """
+    from .api import COMPARE_EXTRAS, check_method_names, check_solver_name
+
+    names = check_method_names(methods or DEFAULT_METHODS, COMPARE_EXTRAS)
+    check_solver_name(solver)
     networks = default_networks(DEFAULT_NETS if nets is None else nets)
-    frame = compare_networks(networks, list(methods or DEFAULT_METHODS), solver, progress)
-    out = Path(out)
-    write_csv(frame, out / "compare_default.csv")
-    plot_comparison(frame, out / "compare_default.png")
+    frame = compare_networks(networks, names, solver, progress)
+    csv_path, png_path = suite_outputs(out)
+    write_csv(frame, csv_path)
+    plot_comparison(frame, png_path)
     return frame
