@@ -17,13 +17,14 @@ ratio ``‖f(x) − f(y)‖ / ‖x − y‖`` at an actual pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
 from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linprog
 
 from . import activations as act
-from .errors import NotApplicableError
+from .errors import InvalidOptionError, NotApplicableError, ProblemTooLargeError
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 
 _CHUNK = 64  # points per batched Jacobian evaluation
@@ -227,12 +228,15 @@ def chain_product(weights: Sequence[np.ndarray], slopes: Sequence[np.ndarray]) -
 def _sampling_sigmas(net: Network) -> np.ndarray:
     """Standard deviations of the sampled inputs: from well inside to far outside the bias scale."""
     n0 = net.input_dim
-    dists = [
-        np.abs(l.bias) / np.maximum(np.linalg.norm(l.weight, axis=1), 1e-300)
-        for l in net.layers
-        if isinstance(l, Affine) and np.any(l.bias)
-    ]
+    dists = []
+    for layer in net.layers:
+        if isinstance(layer, Affine) and np.any(layer.bias):
+            norms = np.linalg.norm(layer.weight, axis=1)
+            rows = norms > 0  # a zero row's output is constant: it has no kink to reach
+            dists.append(np.abs(layer.bias[rows]) / norms[rows])
+    dists = [d for d in dists if d.size]
     hyper = float(np.median(np.concatenate(dists))) / np.sqrt(n0) if dists else 1.0
+    hyper = min(max(hyper, 1e-150), 1e150)  # keep the sampled inputs and their squares finite
     lo, hi = 0.01 * min(1.0, hyper), 100.0 * max(1.0, hyper)
     return np.geomspace(lo, hi, 9)
 
@@ -506,6 +510,33 @@ def finite_difference_lower_bound(
 # -------------------------------------------------------------- exact pattern search
 _MAX_NEURONS = 16
 _BATCH = 4096
+#: default refusal threshold of :func:`exact_pattern_bound` on :func:`region_bound`: the search solves
+#: about one LP per region and per pruned branch, so time grows with the regions (the limit keeps a
+#: default run to about a minute; pass ``max_regions=None`` to lift it)
+DEFAULT_MAX_REGIONS = 2**14
+
+
+def region_bound(input_dim: int, widths: Sequence[int]) -> int:
+    """Upper bound on the activation patterns with interior of a feed-forward piecewise-linear net.
+
+    Within a region of the earlier layers, the pre-activations of hidden layer ``l`` are affine in
+    the input with rank ``r ≤ min(n₀, n₁, …, n_{l−1})``, so its ``n_l`` kinks cut that region into at
+    most ``Σ_{j≤r} C(n_l, j)`` pieces (Zaslavsky; Serra et al. 2018); the product over layers, capped
+    at ``2^N``, bounds the regions :func:`exact_pattern_bound` enumerates (exact for one hidden layer
+    in general position).
+
+    Parameters
+    ----------
+    input_dim
+        ``n₀``.
+    widths
+        Hidden widths ``n₁, …, n_L``.
+    """
+    bound, rank = 1, input_dim
+    for width in widths:
+        bound *= sum(comb(width, j) for j in range(min(rank, width) + 1))
+        rank = min(rank, width)
+    return min(bound, 2 ** sum(widths))
 
 
 def _pattern_setup(net: Network) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
@@ -564,13 +595,23 @@ class _RegionSearch:
     with an input where it occurs.
     """
 
-    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], kinks: list, tol: float = 1e-9):
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], kinks: list, tol: float = 1e-9,
+                 bar=None):
         self.weights, self.biases, self.kinks, self.tol = weights, biases, kinks, tol
         self.rows: list[np.ndarray] = []
         self.rhs: list[float] = []
         self.basis: list[np.ndarray] = []
         self.witnesses: list[np.ndarray] = []
         self.n_lp = 0
+        # progress: the share of the 2^N sign patterns decided (realized, or cut off with their subtree)
+        self.bar = bar
+        widths = [w.shape[0] for w in weights[:-1]]
+        self.offsets, self.n_neurons = np.cumsum([0] + widths[:-1]), sum(widths)
+
+    def _decided(self, k: int, i: int) -> None:
+        """Count the patterns below neuron ``i`` of layer ``k`` (one side) as decided."""
+        if self.bar is not None:
+            self.bar.update(2 ** int(self.n_neurons - self.offsets[k] - i - 1))
 
     def run(self) -> np.ndarray:
         """Witness inputs, one per realizable pattern (rows)."""
@@ -580,6 +621,8 @@ class _RegionSearch:
     def _layer(self, k: int, A: np.ndarray, c: np.ndarray, x: np.ndarray) -> None:
         if k == len(self.kinks):
             self.witnesses.append(x)
+            if self.bar is not None:
+                self.bar.update(1)
             return
         self._neuron(k, A, c, 0, np.empty(len(c)), x)
 
@@ -595,6 +638,8 @@ class _RegionSearch:
                 if sign * c[i] >= -self.tol:
                     slopes[i] = slope
                     self._neuron(k, A, c, i + 1, slopes, x)
+                else:
+                    self._decided(k, i)
             return
         direction, offset = A[i] / norm, c[i] / norm
         fresh = self._new_basis_vector(direction)
@@ -607,6 +652,8 @@ class _RegionSearch:
                 self.basis.extend([] if fresh is None else [fresh])
                 self._neuron(k, A, c, i + 1, slopes, inside)
                 del self.basis[len(self.basis) - (0 if fresh is None else 1) :]
+            else:
+                self._decided(k, i)
             self.rows.pop()
             self.rhs.pop()
 
@@ -646,7 +693,8 @@ class _RegionSearch:
         return res.x[:n]
 
 
-def exact_pattern_bound(net: Network) -> PatternBound:
+def exact_pattern_bound(net: Network, *, max_regions: int | None = DEFAULT_MAX_REGIONS,
+                        progress: bool | None = False) -> PatternBound:
     """Exact activation-pattern bounds of a tiny piecewise-linear network.
 
     Parameters
@@ -654,6 +702,11 @@ def exact_pattern_bound(net: Network) -> PatternBound:
     net
         Feed-forward network whose hidden activations are piecewise linear with
         two slopes and a kink at 0 (ReLU, LeakyReLU), at most 16 hidden neurons.
+    max_regions
+        Refuse, before any work, a network whose :func:`region_bound` exceeds this
+        (each region costs about one linear program); None: no limit.
+    progress
+        Show a tqdm bar of the sign patterns decided (None: only on a terminal).
 
     Returns
     -------
@@ -666,12 +719,34 @@ def exact_pattern_bound(net: Network) -> PatternBound:
     ------
     NotApplicableError
         Not feed-forward, other activations, or more than 16 hidden neurons.
+    ProblemTooLargeError
+        More than ``max_regions`` possible regions.
     """
     weights, boxes, kinks = _pattern_setup(net)
     widths = [w.shape[0] for w in weights[:-1]]
+    regions = region_bound(net.input_dim, widths)
+    _check_regions(regions, max_regions, net.input_dim, widths)
     if not widths:
         value = float(np.linalg.norm(weights[0], 2))
         return PatternBound(value, value, 1, 1, np.zeros(net.input_dim))
-    witnesses = _RegionSearch(weights, list(net.biases), kinks).run()
+    from tqdm.auto import tqdm
+
+    with tqdm(total=2 ** sum(widths), desc=f"exact: up to {regions} regions", unit="pattern",
+              disable=None if progress is None else not progress, leave=False) as bar:
+        witnesses = _RegionSearch(weights, list(net.biases), kinks, bar=bar).run()
     best = witnesses[int(np.argmax(jacobian_norms(net, witnesses)))]
     return PatternBound(_max_all_patterns(weights, boxes), _exact_norm(net, best), 2 ** sum(widths), len(witnesses), best)
+
+
+def _check_regions(regions: int, max_regions: int | None, input_dim: int, widths: Sequence[int]) -> None:
+    """Raise ProblemTooLargeError when ``regions`` exceeds ``max_regions`` (None: no limit)."""
+    if max_regions is not None and (isinstance(max_regions, bool) or not isinstance(max_regions, (int, np.integer))):
+        raise InvalidOptionError(f"max_regions must be a whole number or None, got {max_regions!r}")
+    if max_regions is None or regions <= max_regions:
+        return
+    raise ProblemTooLargeError(
+        f"exact_pattern_bound: up to {regions} linear regions to enumerate ({sum(widths)} hidden neurons, widths "
+        f"{list(widths)}, input width {input_dim}), each found by about one linear program: over the limit "
+        f"max_regions={max_regions}. Pass max_regions=None (or a larger number) to run it anyway (CLI: "
+        "--max-regions none), or use the method 'lower'"
+    )
