@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import IllPosedError, InvalidActivationError
+from .errors import IllPosedError, InvalidActivationError, UnsupportedLayerError
 
 __all__ = ["GroupSort", "Householder", "Implicit", "MaxMin", "Residual", "group_sort", "householder", "maxmin"]
 
@@ -120,9 +120,19 @@ class Residual(nn.Module):
 class Implicit(nn.Module):
     """Equilibrium layer ``z = φ(W z + U x + b)``, output ``C z + D x`` (default ``C = I``, ``D = 0``).
 
-    The forward pass iterates the damped fixed point ``z ← ½z + ½φ(Wz + Ux + b)``
-    without gradients and takes one final step with gradients (enough for
-    inference and for lipsdp; not an implicit-function-theorem backward pass).
+    The forward pass finds the equilibrium without gradients and then takes one
+    step ``φ(W z + U x + b)`` with gradients (enough for inference and for
+    lipsdp; not an implicit-function-theorem backward pass).  The equilibrium
+    comes from the iteration that lipsdp's well-posedness certificate
+    (:func:`lipsdp.wellposed.check_well_posed`) proves convergent, solved in
+    float64 by :mod:`lipsdp.equilibrium`: a layer that lipsdp certifies always
+    evaluates.  The certificate is cached by the layer's weights, so it is
+    recomputed (one small SDP) only when ``W`` or the activation changed.  A
+    layer lipsdp cannot certify is evaluated by the damped iteration
+    ``z ← ½z + ½φ(Wz + Ux + b)``, which raises :class:`~lipsdp.errors.IllPosedError`
+    when it does not converge.  In training mode, where ``W`` changes at every
+    step, the damped iteration is tried first and the certificate is computed
+    only where it does not converge.
 
     Parameters
     ----------
@@ -134,6 +144,10 @@ class Implicit(nn.Module):
         An activation module (``nn.ReLU()``, ``nn.Tanh()``, :class:`MaxMin`, …).
     scale
         Initial ``‖W‖₂`` (< 1 keeps the layer well posed).
+    max_iter, tol
+        Iteration limit of the damped iteration; the certified ``‖z − z*‖_∞``
+        relative to ``1 +`` the size of the iterate (for the damped iteration:
+        its last relative step).
     """
 
     lipsdp_kind = "implicit"
@@ -152,18 +166,44 @@ class Implicit(nn.Module):
 
     def equilibrium(self, x: torch.Tensor) -> torch.Tensor:
         ux = x @ self.U.T + self.b
-        z = torch.zeros(*x.shape[:-1], self.W.shape[0], dtype=x.dtype, device=x.device)
         with torch.no_grad():
-            for _ in range(self.max_iter):
-                z_new = self.activation(z @ self.W.T + ux)
-                if float((z_new - z).abs().max()) <= self.tol * (1 + float(z_new.abs().max())):
-                    z = z_new
-                    break
-                z = 0.5 * z + 0.5 * z_new
-            else:
-                if float((z_new - z).abs().max()) > 1e-6 * (1 + float(z_new.abs().max())):
-                    raise IllPosedError("the equilibrium iteration of an Implicit layer did not converge")
+            z = self._fixed_point(x, ux)
         return self.activation(z @ self.W.T + ux)
+
+    def _fixed_point(self, x: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
+        """The equilibrium (no gradients): certified iteration if lipsdp certifies the layer, else damped."""
+        from .equilibrium import certified_equilibrium, damped_fixed_point
+
+        def damped(reason: str) -> torch.Tensor:
+            return damped_fixed_point(lambda z: self.activation(z @ self.W.T + ux), torch.zeros_like(ux),
+                                      self.max_iter, self.tol, reason)
+
+        if self.training:
+            # W changes at every training step: the cheap damped iteration first, a certificate only where it fails
+            try:
+                return damped("")
+            except IllPosedError:
+                pass
+        layer, certificate, reason = self._certificate()
+        if certificate is None:
+            return damped(reason)
+        rows = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64).numpy()
+        z = certified_equilibrium(layer, certificate, rows, self.tol)
+        return torch.as_tensor(z, dtype=ux.dtype, device=ux.device).reshape(ux.shape)
+
+    def _certificate(self):
+        """``(lipsdp layer, certificate, "")``, or ``(None, None, why there is none)``."""
+        from .torch_io import convert_module
+        from .wellposed import check_well_posed
+
+        try:
+            (layer,) = convert_module(self)
+        except UnsupportedLayerError as exc:  # e.g. a custom activation module: no lipsdp rule, no certificate
+            return None, None, f"lipsdp cannot describe this Implicit layer, so it has no certificate: {exc}"
+        try:
+            return layer, check_well_posed(layer), ""
+        except IllPosedError as exc:
+            return None, None, str(exc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.equilibrium(x)
