@@ -175,6 +175,18 @@ def register(entry: ActivationEntry) -> ActivationEntry:
     return entry
 
 
+def register_torch_type(name: str, type_name: str, reader: Callable[[Any], dict]) -> None:
+    """Read modules of another library's type ``type_name`` (fully qualified) as activation ``name``.
+
+    ``reader(module)`` returns the entry's parameters for that module (raise
+    :class:`UnreadableModule` with the reason when it cannot); the type's own
+    conventions (pairing, order) must be mapped onto the entry's parameters exactly.
+    """
+    e = entry(name)
+    e.torch_types[type_name] = reader
+    _BY_TORCH_TYPE[type_name] = (e, reader)
+
+
 def entries() -> list[ActivationEntry]:
     """Every registered activation, sorted by name."""
     return [_ENTRIES[k] for k in sorted(_ENTRIES)]
