@@ -229,18 +229,8 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
 
 
 # ----------------------------------------------------------------------------- compare
-def _check_lower_options(lower_options: Any, norm) -> dict:
-    """``lower_options`` checked against the lower-bound function used at ``norm``."""
-    if lower_options is None:
-        return {}
-    if not isinstance(lower_options, dict):
-        raise InvalidOptionError(f"lower_options must be a dict of keyword options, got {lower_options!r}")
-    function = _lower_function(norm)
-    accepted = list(inspect.signature(function).parameters)[1:]  # after the network
-    unknown = [name for name in lower_options if name not in accepted]
-    if unknown:
-        raise InvalidOptionError(unknown_options_message(unknown, f"lower_options ({function.__name__})", accepted))
-    return dict(lower_options)
+#: ``status`` of the rows of :func:`compare` that are lower bounds (``gap`` divides by the best of them)
+LOWER_STATUSES = ("lower-bound", "exact")
 
 
 def _lower_function(norm):
@@ -253,46 +243,119 @@ def _lower_function(norm):
     return linf_lower_bound
 
 
-def _compare_row(net: Network, name: str, norm, solver, lower_options: dict, max_memory_gb) -> dict:
-    """One row of :func:`compare` (raises LipSDPError on failure)."""
+def _check_row_options(options: Any, what: str, function, controlled: Sequence[str] = ()) -> dict:
+    """``options`` (a dict or None) checked against the keyword parameters of ``function``.
+
+    ``controlled``: parameters :func:`compare` sets itself (refused here).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InvalidOptionError(f"{what} must be a dict of keyword options, got {options!r}")
+    accepted = [p for p in list(inspect.signature(function).parameters)[1:] if p not in controlled]  # after the net
+    unknown = [name for name in options if name not in accepted]
+    if unknown:
+        raise InvalidOptionError(unknown_options_message(unknown, f"{what} ({function.__name__})", accepted))
+    return dict(options)
+
+
+def _row(method: str, value: float, raw_value: float, status: str, start: float, solver: str = "none") -> dict:
+    import time
+
+    return dict(method=method, value=value, raw_value=raw_value, solver=solver, status=status,
+                solve_time=time.perf_counter() - start)
+
+
+def _bound_row(net: Network, name: str, norm, solver, options: dict, max_memory_gb, progress) -> dict:
+    """One row of :func:`compare` for a checked name (raises LipSDPError on failure)."""
     import time
 
     start = time.perf_counter()
     if name == "lower":
-        value = _lower_function(norm)(net, **lower_options)
+        value = _lower_function(norm)(net, **options.get("lower", {}))
         value = float(getattr(value, "value", value))
-        return dict(method="lower", value=value, raw_value=value, solver="none", status="lower-bound",
-                    solve_time=time.perf_counter() - start)
+        return _row("lower", value, value, "lower-bound", start)
     if name == "exact":
+        if norm != 2:
+            raise NotApplicableError("the method 'exact' gives the ℓ2 constant only; use 'lower' for norm='inf'")
         from .lower import exact_pattern_bound
 
-        pb = exact_pattern_bound(net)
-        return dict(method="exact", value=pb.max_realizable, raw_value=pb.max_all_patterns, solver="none",
-                    status="exact", solve_time=time.perf_counter() - start)
+        pb = exact_pattern_bound(net, progress=progress, **options.get("exact", {}))
+        return _row("exact", pb.max_realizable, pb.max_all_patterns, "exact", start)
     b = estimate(net, method=name, norm=norm, solver=solver, max_memory_gb=max_memory_gb)
     return dict(method=b.method, value=b.value, raw_value=b.raw_value, solver=b.solver, status=b.status,
                 solve_time=b.solve_time, certificate_margin=b.certificate_margin)
 
 
+def _checked_row_options(norm, lower_options, exact_options) -> dict:
+    """``{"lower": ..., "exact": ...}``: the options of the two rows that are not registered methods, checked."""
+    from .lower import exact_pattern_bound
+
+    return {"lower": _check_row_options(lower_options, "lower_options", _lower_function(norm)),
+            "exact": _check_row_options(exact_options, "exact_options", exact_pattern_bound, ("progress",))}
+
+
+def compare_row(model: Any, method: str, norm=2, solver: str | None = None, *, lower_options: dict | None = None,
+                exact_options: dict | None = None, max_memory_gb: float | None = None,
+                progress: bool | None = False) -> dict:
+    """One row of :func:`compare`: the number ``method`` gives for ``model``, or a typed error.
+
+    Unlike :func:`compare`, a method that fails raises.  Used by ``lipsdp estimate`` for the
+    rows that are not upper bounds (``"lower"``, ``"exact"``).
+
+    Returns
+    -------
+    dict
+        ``method, value, raw_value, solver, status, solve_time`` (and ``certificate_margin``
+        for upper bounds); ``status`` is ``"lower-bound"`` or ``"exact"`` for those rows.
+
+    Raises
+    ------
+    LipSDPError
+        Unknown name or option, or the method cannot give a number for this model
+        (e.g. :class:`~lipsdp.errors.ProblemTooLargeError` from ``"exact"``).
+    """
+    if not isinstance(method, str):
+        raise InvalidOptionError(f"method must be one name (a string), got {method!r}")
+    check_method_names(method, COMPARE_EXTRAS)
+    norm = _parse_norm(norm)
+    check_solver_name(solver)
+    options = _checked_row_options(norm, lower_options, exact_options)
+    budget.check_max_memory(max_memory_gb)
+    return _bound_row(as_network(model), method, norm, solver, options, max_memory_gb, progress)
+
+
 def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solver: str | None = None,
-            progress: bool = False, lower_options: dict | None = None, *, max_memory_gb: float | None = None):
+            progress: bool | None = None, lower_options: dict | None = None, *, exact_options: dict | None = None,
+            max_memory_gb: float | None = None):
     """Run several methods on one model and tabulate them.
 
     ``"lower"`` (gradient-ascent lower bound; for ``norm="inf"`` the ℓ∞
     finite-difference bound :func:`lipsdp.linf.linf_lower_bound`) and ``"exact"``
-    (the exact ℓ2 constant of small piecewise-linear nets by activation-pattern
-    enumeration; skipped for ``norm="inf"``) may be listed among the methods.
-    ``methods`` may be one name.  Every name, the solver and ``lower_options``
-    are checked before any method runs; a method that then fails on this
-    model is kept as a row whose ``status`` holds the error message and whose
-    value is NaN.
+    (the exact ℓ2 constant of small piecewise-linear nets by enumerating their
+    linear regions, :func:`lipsdp.lower.exact_pattern_bound`; skipped for
+    ``norm="inf"``) may be listed among the methods.  ``methods`` may be one
+    name.  Every name, the solver and the options are checked before any method
+    runs; a method that then fails on this model is kept as a row whose
+    ``status`` holds the error message and whose value is NaN.
+
+    Parameters
+    ----------
+    progress
+        tqdm bars over the methods and inside ``"exact"`` (whose bar states the
+        number of regions up front); None (default): shown on a terminal only.
+    lower_options, exact_options
+        Keyword options of the lower-bound function (e.g. ``n_starts``) and of
+        :func:`~lipsdp.lower.exact_pattern_bound` (``max_regions``: it refuses
+        networks with more possible regions, by default
+        :data:`~lipsdp.lower.DEFAULT_MAX_REGIONS`; None lifts the limit).
 
     Returns
     -------
     pandas.DataFrame
         One row per method: ``method, norm, value, raw_value, solver, status,
         solve_time, certificate_margin, gap`` where ``gap`` is value / the best
-        lower bound in the table.
+        lower bound in the table (``"lower"`` or ``"exact"``; NaN without one).
     """
     import time
 
@@ -302,16 +365,16 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     names = check_method_names(DEFAULT_COMPARE if methods is None else methods, COMPARE_EXTRAS)
     norm = _parse_norm(norm)
     check_solver_name(solver)
-    lower_options = _check_lower_options(lower_options, norm)
+    options = _checked_row_options(norm, lower_options, exact_options)
     budget.check_max_memory(max_memory_gb)
     net = as_network(model)
     if norm != 2:
         names = [n for n in names if n != "exact"]
     rows = []
-    for name in tqdm(names, desc="methods", disable=not progress, leave=False):
+    for name in tqdm(names, desc="methods", disable=None if progress is None else not progress, leave=False):
         start = time.perf_counter()
         try:
-            rows.append(_compare_row(net, name, norm, solver, lower_options, max_memory_gb))
+            rows.append(_bound_row(net, name, norm, solver, options, max_memory_gb, progress))
         except LipSDPError as exc:
             rows.append(dict(method=name, value=float("nan"), raw_value=float("nan"), solver=str(solver),
                              status=f"error: {type(exc).__name__}: {exc}", solve_time=time.perf_counter() - start))
@@ -319,7 +382,113 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
         row["norm"] = "inf" if norm != 2 else "2"
     table = pd.DataFrame(rows, columns=["method", "norm", "value", "raw_value", "solver", "status", "solve_time",
                                         "certificate_margin"])
-    lower_rows = table[table["status"].isin(["lower-bound", "exact"])]
+    lower_rows = table[table["status"].isin(LOWER_STATUSES)]
     best_lower = lower_rows["value"].max() if len(lower_rows) else float("nan")
     table["gap"] = table["value"] / best_lower if best_lower and best_lower > 0 else float("nan")
     return table
+
+
+# ----------------------------------------------------------------------------- listings
+#: what the rows of :func:`compare` that are not registered methods give, and their norms
+_EXTRA_METHODS = {
+    "lower": ("lower bound", (2, np.inf),
+              "largest Jacobian norm found by sampling and gradient ascent (ℓ∞: finite differences); "
+              "a true lower bound, not a certificate"),
+    "exact": ("exact constant", (2,),
+              "the true ℓ2 constant of tiny ReLU/LeakyReLU nets (≤ 16 hidden neurons) by enumerating their "
+              "linear regions; refuses nets with more possible regions than max_regions"),
+}
+
+
+def _norms_label(norms: Sequence) -> str:
+    return ", ".join("2" if n == 2 else "inf" for n in norms)
+
+
+def method_table() -> list[dict]:
+    """Every name :func:`compare` accepts, with what kind of number it gives.
+
+    Returns
+    -------
+    list of dict
+        One per name, sorted: ``name``, ``gives`` (``"certified upper bound"``,
+        ``"lower bound"`` or ``"exact constant"``), ``norms``, ``accepted_by``
+        (the Python functions that take it), ``default`` (``"estimate"`` and/or
+        ``"compare"`` where it is a default) and ``description``.
+    """
+    estimate_default = inspect.signature(estimate).parameters["method"].default
+    rows = []
+    for name in sorted(set(registered_methods()) | set(COMPARE_EXTRAS)):
+        if name in _EXTRA_METHODS:
+            gives, norms, description = _EXTRA_METHODS[name]
+            accepted = "compare"
+        else:
+            spec = method_spec(name)
+            gives, norms, description, accepted = "certified upper bound", spec.norms, spec.description, "estimate, compare"
+        defaults = [which for which, is_default in (("estimate", name == estimate_default),
+                                                    ("compare", name in DEFAULT_COMPARE)) if is_default]
+        rows.append(dict(name=name, gives=gives, norms=_norms_label(norms), accepted_by=accepted,
+                         default=", ".join(defaults), description=description))
+    return rows
+
+
+#: one line per built-in back end (a registered solver may carry its own ``description``)
+_SOLVER_DESCRIPTIONS = {
+    "ipm": "the project's structured interior-point solver (rank-≤2 multiplier terms, exact block splitting)",
+    "mosek": "MOSEK through cvxpy (needs a licence)",
+    "cvxopt": "CVXOPT's interior-point method, called directly with sparse data",
+    "scs": "SCS through cvxpy, with tight tolerances",
+    "clarabel": "Clarabel through cvxpy",
+    "firstorder": "experimental: minimises the eigenvalue form from an ECLipsE-Fast start (certified like any other)",
+}
+
+
+def _solver_description(spec) -> str:
+    own = getattr(spec, "description", None)
+    if own:
+        return own
+    if spec.name.startswith("cvxpy:"):
+        return f"the plain cvxpy reference path with {spec.name.split(':', 1)[1]}"
+    return _SOLVER_DESCRIPTIONS.get(spec.name, "")
+
+
+def _availability(spec) -> str | None:
+    """None when ``spec`` is usable here, else the reason (a failing check is reported, not raised)."""
+    try:
+        return spec.available()
+    except Exception as exc:  # an import inside a third-party check; the listing must still print
+        return f"its availability check failed ({type(exc).__name__}: {exc})"
+
+
+def _automatic_role(spec, rank: int | None) -> str:
+    """When ``solver=None`` tries ``spec``: its rank, and its size limit or condition."""
+    if rank is None:
+        return "explicit only"
+    limits = [f"LMI size ≤ {spec.max_size}" if spec.max_size is not None else "",
+              "where its structure applies" if spec.applies is not None else ""]
+    limits = [text for text in limits if text]
+    return f"{rank}" + (f" ({'; '.join(limits)})" if limits else "")
+
+
+def solver_table() -> list[dict]:
+    """Every registered solver, usable here or not.
+
+    Returns
+    -------
+    list of dict
+        One per solver, in the automatic choice's order, then the explicit-only ones:
+        ``name``, ``usable`` (bool), ``why_not`` (the reason it cannot run here, or ``""``),
+        ``automatic`` (its rank in the order ``solver=None`` tries the usable solvers, or
+        ``"explicit only"``) and ``description``.
+    """
+    from .solvers import lookup_solver, solvers
+
+    specs = sorted(map(lookup_solver, solvers(available_only=False)), key=lambda s: (s.priority < 0, -s.priority, s.name))
+    rows, rank = [], 0
+    for spec in specs:
+        problem = _availability(spec)
+        automatic = spec.priority >= 0
+        rank += automatic
+        rows.append(dict(name=spec.name, usable=problem is None, why_not=problem or "",
+                         automatic=_automatic_role(spec, rank if automatic else None),
+                         description=_solver_description(spec)))
+    return rows

@@ -17,11 +17,13 @@ from typing import Sequence
 
 import numpy as np
 
+from .api import COMPARE_EXTRAS, DEFAULT_COMPARE
 from .io import atomic_path
 from .network import Network
 
-DEFAULT_METHODS = ("naive", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lower")
-LOWER_METHODS = ("lower", "exact")
+#: the methods the suite runs by default: lipsdp.compare's default list
+DEFAULT_METHODS = DEFAULT_COMPARE
+LOWER_METHODS = COMPARE_EXTRAS  # the rows that are lower bounds (lower) or the exact constant (exact)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def compare_networks(networks: dict[str, Network], methods: Sequence[str], solve
         for name, net in networks.items():
             for method in methods:
                 bar.set_postfix_str(f"{name}: {method}")
-                table = compare(net, methods=[method], solver=solver)
+                # a long method (exact) shows its own bar under this one
+                table = compare(net, methods=[method], solver=solver, progress=None if progress else False)
                 table.insert(0, "network", name)
                 tables.append(table)
                 bar.update()
@@ -100,37 +103,89 @@ def compare_networks(networks: dict[str, Network], methods: Sequence[str], solve
 
 
 def _with_gaps(frame):
-    """Recompute ``gap`` = value / best lower bound of the same network."""
+    """Recompute ``gap`` = value / best lower bound of the same network (NaN without one)."""
     lower = frame[frame["method"].isin(LOWER_METHODS)].groupby("network")["value"].max()
     frame["gap"] = frame["value"] / frame["network"].map(lower)
     return frame
 
 
+#: the figure's axis is linear while every ratio is at most this, else logarithmic
+LINEAR_RATIO_LIMIT = 10.0
+
+
+def relative_bounds(frame):
+    """Each upper bound divided by the best lower bound of its network: what the figure shows.
+
+    The reference is the best lower bound (``lower``/``exact``) where the table has a positive
+    one for every network; otherwise the best (smallest) upper bound, so the figure never needs
+    a lower bound to exist.
+
+    Returns
+    -------
+    ratios : pandas.DataFrame
+        Index: networks (in table order); columns: the upper-bound methods; NaN for failed rows.
+    values : pandas.DataFrame
+        The bounds themselves, same shape.
+    reference : pandas.Series
+        The divisor per network.
+    kind : str
+        ``"lower"`` or ``"upper"``: which best bound the reference is.
+    """
+    networks = list(dict.fromkeys(frame["network"]))
+    uppers = [m for m in dict.fromkeys(frame["method"]) if m not in LOWER_METHODS]
+    lower = frame[frame["method"].isin(LOWER_METHODS)].groupby("network")["value"].max().reindex(networks)
+    kind = "lower" if lower.notna().all() and (lower > 0).all() else "upper"
+    values = frame[frame["method"].isin(uppers)].pivot_table(index="network", columns="method", values="value",
+                                                             dropna=False).reindex(index=networks, columns=uppers)
+    reference = lower if kind == "lower" else values.min(axis=1)
+    return values.div(reference, axis=0), values, reference, kind
+
+
+def _label_bars(ax, centres, ratios, values) -> None:
+    """Print each bar's ratio and absolute value above it (failed rows say so)."""
+    for x, ratio, value in zip(centres, ratios, values):
+        shown = f"{ratio:.3f}" if ratio < LINEAR_RATIO_LIMIT else f"{ratio:.4g}"
+        text, y = (f"{shown}×\n{value:.4g}", ratio) if np.isfinite(ratio) else ("failed", 1.0)
+        ax.annotate(text, (x, y), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+
+
+def _scale_axis(ax, top: float) -> None:
+    """Linear from 1 while the largest ratio allows, else logarithmic with plain tick labels."""
+    if top <= LINEAR_RATIO_LIMIT:
+        ax.set_ylim(1.0, 1.0 + (top - 1.0) * 1.25 + 0.02)
+        return
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    ax.set_ylim(1.0, top * 2.0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: no 10^k labels
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_comparison(frame, path: str | os.PathLike, title: str = "Lipschitz bounds on digits MLPs") -> Path:
-    """Grouped bar chart (log scale) of the upper bounds, lower bounds as black lines; atomic PNG."""
+    """Bar chart of :func:`relative_bounds`: bars start at 1 and carry their ratio and value; atomic PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    networks = list(dict.fromkeys(frame["network"]))
-    uppers = [m for m in dict.fromkeys(frame["method"]) if m not in LOWER_METHODS]
+    ratios, values, reference, kind = relative_bounds(frame)
+    networks, uppers = list(ratios.index), list(ratios.columns)
     width = 0.8 / max(1, len(uppers))
-    fig, ax = plt.subplots(figsize=(1.8 + 2.4 * len(networks), 4.2))
+    fig, ax = plt.subplots(figsize=(1.8 + 2.6 * len(networks), 4.6))
     for j, method in enumerate(uppers):
-        rows = frame[frame["method"] == method].set_index("network")["value"].reindex(networks)
-        ax.bar(np.arange(len(networks)) - 0.4 + (j + 0.5) * width, rows.to_numpy(float), width, label=method)
-    centres = np.arange(len(networks))
-    for method, style in zip(LOWER_METHODS, ("-", "--")):
-        rows = frame[frame["method"] == method].set_index("network")["value"].reindex(networks).to_numpy(float)
-        if np.any(np.isfinite(rows)):
-            ax.hlines(rows, centres - 0.45, centres + 0.45, colors="black", linestyles=style, linewidths=2,
-                      label=f"{method} (lower bound)", zorder=3)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(networks)), networks, fontsize=8)
-    ax.set_ylabel("Lipschitz constant (ℓ2)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+        centres = np.arange(len(networks)) - 0.4 + (j + 0.5) * width
+        column = ratios[method].to_numpy(float)
+        ax.bar(centres, np.nan_to_num(column, nan=1.0) - 1.0, width, bottom=1.0, label=method)
+        _label_bars(ax, centres, column, values[method].to_numpy(float))
+    ax.axhline(1.0, color="black", linewidth=1.5)
+    _scale_axis(ax, float(np.nanmax(ratios.to_numpy(float), initial=1.0)))
+    norm = "ℓ∞" if "norm" in frame and set(frame["norm"].astype(str)) == {"inf"} else "ℓ2"
+    ticks = [f"{name}\nbest {kind} bound {ref:.4g}" for name, ref in zip(networks, reference)]
+    ax.set_xticks(np.arange(len(networks)), ticks, fontsize=8)
+    ax.set_ylabel(f"upper bound ÷ best {kind} bound")
+    ax.set_title(f"{title}: {norm} upper bounds relative to the best {kind} bound (1 = equal)", fontsize=10)
+    ax.legend(fontsize=7, ncol=max(1, len(uppers)), loc="upper left")
     fig.tight_layout()
     target = Path(path)
     with atomic_path(target) as tmp:
@@ -185,7 +240,7 @@ def run_default_suite(
     UnknownMethodError, UnknownSolverError, SolverUnavailableError, InvalidOptionError
         For a method or solver name that cannot run, before any network is trained.
     """
-    from .api import COMPARE_EXTRAS, check_method_names, check_solver_name
+    from .api import check_method_names, check_solver_name
 
     names = check_method_names(methods or DEFAULT_METHODS, COMPARE_EXTRAS)
     check_solver_name(solver)
