@@ -214,6 +214,11 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     """
     if not isinstance(method, str):
         raise InvalidOptionError(f"method must be a name from lipsdp.methods(), got {method!r}")
+    if method in COMPARE_EXTRAS:
+        raise NotApplicableError(
+            f"{method!r} is not an upper bound: estimate returns certified upper bounds only. "
+            f"Use lipsdp.compare(model, methods=[{method!r}]) or `lipsdp estimate --method {method}` (labelled as such)"
+        )
     spec = method_spec(method)
     norm = _parse_norm(norm)
     if norm not in spec.norms:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with torch==2.13.0 (the CPU wheel) installed *before* the project, so pip
-# does not pull the CUDA build, then installs lipsdp/lmi with the test extras.
+# Creates .venv with torch==2.13.0 installed *before* the project, then installs lipsdp/lmi with the
+# test extras. The pin fixes the version, not the build: this machine's pip serves the CPU wheel;
+# elsewhere the README says how to ask for it, so pip does not pull the CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
