@@ -110,7 +110,6 @@ def _with_gaps(frame):
 
 
 #: the figure's axis is linear while every ratio is at most this, else logarithmic
-LINEAR_RATIO_LIMIT = 10.0
 
 
 def relative_bounds(frame):
@@ -141,57 +140,19 @@ def relative_bounds(frame):
     return values.div(reference, axis=0), values, reference, kind
 
 
-def _label_bars(ax, centres, ratios, values) -> None:
-    """Print each bar's ratio and absolute value above it (failed rows say so)."""
-    for x, ratio, value in zip(centres, ratios, values):
-        shown = f"{ratio:.3f}" if ratio < LINEAR_RATIO_LIMIT else f"{ratio:.4g}"
-        text, y = (f"{shown}×\n{value:.4g}", ratio) if np.isfinite(ratio) else ("failed", 1.0)
-        ax.annotate(text, (x, y), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
-
-
-def _scale_axis(ax, top: float) -> None:
-    """Linear from 1 while the largest ratio allows, else logarithmic with plain tick labels."""
-    if top <= LINEAR_RATIO_LIMIT:
-        ax.set_ylim(1.0, 1.0 + (top - 1.0) * 1.25 + 0.02)
-        return
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.set_yscale("log")
-    ax.set_ylim(1.0, top * 2.0)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: no 10^k labels
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
 def plot_comparison(frame, path: str | os.PathLike, title: str = "Lipschitz bounds on digits MLPs") -> Path:
-    """Bar chart of :func:`relative_bounds`: bars start at 1 and carry their ratio and value; atomic PNG."""
+    """Bar chart of :func:`relative_bounds` (:func:`lipsdp.figures.plot_bound_ratios`), written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures import plot_bound_ratios, save_figure
 
-    ratios, values, reference, kind = relative_bounds(frame)
-    networks, uppers = list(ratios.index), list(ratios.columns)
-    width = 0.8 / max(1, len(uppers))
-    fig, ax = plt.subplots(figsize=(1.8 + 2.6 * len(networks), 4.6))
-    for j, method in enumerate(uppers):
-        centres = np.arange(len(networks)) - 0.4 + (j + 0.5) * width
-        column = ratios[method].to_numpy(float)
-        ax.bar(centres, np.nan_to_num(column, nan=1.0) - 1.0, width, bottom=1.0, label=method)
-        _label_bars(ax, centres, column, values[method].to_numpy(float))
-    ax.axhline(1.0, color="black", linewidth=1.5)
-    _scale_axis(ax, float(np.nanmax(ratios.to_numpy(float), initial=1.0)))
+    _, values, reference, kind = relative_bounds(frame)
     norm = "ℓ∞" if "norm" in frame and set(frame["norm"].astype(str)) == {"inf"} else "ℓ2"
-    ticks = [f"{name}\nbest {kind} bound {ref:.4g}" for name, ref in zip(networks, reference)]
-    ax.set_xticks(np.arange(len(networks)), ticks, fontsize=8)
-    ax.set_ylabel(f"upper bound ÷ best {kind} bound")
-    ax.set_title(f"{title}: {norm} upper bounds relative to the best {kind} bound (1 = equal)", fontsize=10)
-    ax.legend(fontsize=7, ncol=max(1, len(uppers)), loc="upper left")
-    fig.tight_layout()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return target
+    label = "best of the lower-bound rows" if kind == "lower" else "no lower bound in the table: the best upper bound"
+    fig, _ = plot_bound_ratios(values, reference, title=f"{title}: {norm} upper bounds relative to the best {kind} bound",
+                               reference_label=label, reference_kind=kind)
+    return save_figure(fig, path)
 
 
 def write_csv(frame, path: str | os.PathLike) -> Path:
