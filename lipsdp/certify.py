@@ -6,11 +6,15 @@ floating-point Cholesky factorisation of ``F̃ − δ I`` where ``F̃`` is the
 computed matrix and ``δ`` covers
 
 * the error of assembling ``F̃`` (``|F̃ − F| ≤ γ_k |G|ᵀ|Q||G|`` entrywise,
-  γ_k = k u / (1 − k u), bounded in spectral norm by the Frobenius norm), and
+  γ_k = k u / (1 − k u), bounded in spectral norm by the Frobenius norm),
+* the absolute error that gradual underflow may add to each entry
+  (:func:`underflow_per_entry`; it matters only when the whole matrix is
+  near the underflow range, which :func:`lipsdp.methods.power_of_two_rescaling`
+  avoids by rescaling the network exactly), and
 * the backward error of Cholesky (Rump, "Verification of positive
   definiteness", BIT 46, 2006: success on ``F̃ − c I`` with
   ``c ≥ γ_{n+1}/(1 − γ_{n+1}) · tr F̃`` proves ``F̃ ⪰ 0``), plus a slack for
-  the underflow term.
+  its own underflow term.
 
 A block whose aggregate sparsity pattern splits into decoupled components
 (:mod:`lipsdp.decompose`) is checked component by component: ``F`` is their
@@ -25,6 +29,9 @@ unscaled trace would swamp its small directions.
 If ``F(y)`` fails, ``ρ`` is raised (its coefficient is PSD in every block, so
 this only helps) by an exponential search and bisection.  If no ``ρ`` up to
 ``max_inflation`` works, the answer is refused with :class:`CertificationError`.
+
+The same Cholesky proof gives certified spectral norms without an SVD
+(:func:`spectral_norm_bound`, used by the naive bound).
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as la
+import scipy.sparse as sp
 
 from .errors import CertificationError
 from .decompose import block_uses, split_decoupled_blocks
+from .runtime import blas_threads, threads_for_size
 from .sdp import SDP
 
 UNIT_ROUNDOFF = np.finfo(float).eps / 2
+_ETA = float(np.nextafter(0.0, 1.0))  # smallest positive subnormal: the absolute error unit of underflow
 
 
 def _gamma(k: int) -> float:
@@ -74,11 +84,20 @@ class Certificate:
 
 def rounding_shift(f: np.ndarray, f_abs: np.ndarray, max_rank: int) -> float:
     """The shift δ such that a successful Cholesky of ``f − δI`` proves ``F ⪰ 0``."""
+    return cholesky_shift(f, _gamma(max_rank + 4) * float(np.linalg.norm(f_abs, "fro")))
+
+
+def cholesky_shift(f: np.ndarray, assembly_error: float) -> float:
+    """The shift δ such that a successful Cholesky of ``f − δI`` proves ``F ⪰ 0`` for every
+    symmetric ``F`` with ``‖F − f‖₂ ≤ assembly_error`` (Rump 2006; see the module docstring).
+
+    The last term covers underflow inside the Cholesky factorisation itself
+    (generously: Rump's is ``4(2n + 2 + max f_ii)·η`` with η the smallest subnormal).
+    """
     n = f.shape[0]
-    assembly = _gamma(max_rank + 4) * float(np.linalg.norm(f_abs, "fro"))
-    trace = max(float(np.trace(f)), 0.0) + n * assembly
+    trace = max(float(np.trace(f)), 0.0) + n * assembly_error
     cholesky = _gamma(n + 1) / (1 - _gamma(n + 1)) * trace
-    return 1.01 * (assembly + cholesky) + n * np.finfo(float).tiny / UNIT_ROUNDOFF
+    return 1.01 * (assembly_error + cholesky) + n * np.finfo(float).tiny / UNIT_ROUNDOFF
 
 
 def is_certified_psd(f: np.ndarray, shift: float) -> bool:
@@ -90,11 +109,23 @@ def is_certified_psd(f: np.ndarray, shift: float) -> bool:
         return False
 
 
-def is_provably_psd(f: np.ndarray, f_abs: np.ndarray, max_rank: int) -> bool:
+def is_provably_psd(f: np.ndarray, f_abs: np.ndarray, max_rank: int, underflow: float = 0.0) -> bool:
     """Prove ``F ⪰ 0`` for the exact matrix whose float64 assembly is ``f`` (see module docstring).
 
     Rows and columns with a zero diagonal must vanish (then they are dropped);
     the rest is scaled to unit diagonal before the shifted Cholesky test.
+
+    Parameters
+    ----------
+    f, f_abs
+        The assembled matrix and its entrywise bound ``|F⁰| + Σ|G|ᵀ|Q||G|``.
+    max_rank
+        Length of the longest inner product of the assembly (for ``γ_k``).
+    underflow
+        Bound on the absolute error per entry that gradual underflow may add
+        to the assembly (:func:`underflow_per_entry`).  After the scaling it
+        is at most ``underflow / min f_ii`` per entry, so a matrix whose whole
+        scale is near the underflow range is refused rather than trusted.
     """
     if not (np.all(np.isfinite(f)) and np.all(np.isfinite(f_abs))):
         return False
@@ -111,9 +142,32 @@ def is_provably_psd(f: np.ndarray, f_abs: np.ndarray, max_rank: int) -> bool:
             return True
     inv = 1.0 / np.sqrt(diag)
     f_scaled = f * inv[:, None] * inv[None, :]
+    if not np.all(np.isfinite(f_scaled)):  # a diagonal so small that the scaling overflows proves nothing
+        return False
     # the scaling's own rounding (three operations per entry) is charged to the assembly error
     abs_scaled = f_abs * inv[:, None] * inv[None, :] + 4 * UNIT_ROUNDOFF * np.abs(f_scaled)
-    return is_certified_psd(f_scaled, rounding_shift(f_scaled, abs_scaled, max_rank + 3))
+    n = diag.size
+    # underflow: ≤ underflow/(√f_ii √f_jj) per entry before scaling, ≤ 3η more from the scaling itself
+    underflow_scaled = n * (underflow / float(np.min(diag)) + 3 * _ETA)
+    assembly = _gamma(max_rank + 7) * float(np.linalg.norm(abs_scaled, "fro")) + underflow_scaled
+    return is_certified_psd(f_scaled, cholesky_shift(f_scaled, assembly))
+
+
+def underflow_per_entry(block) -> float:
+    """Bound on the absolute error that gradual underflow adds to one entry of ``block``'s assembly.
+
+    Every multiplication may add an absolute error ``η/2`` (η = smallest
+    subnormal) on top of its relative rounding.  An entry of a term is
+    ``Σ_a G_ai (Σ_b Q_ab G_bj)`` with ``Q_ab = Σ_v y_v c_v``, so those errors
+    reach it multiplied by at most ``(1 + max|G|)²`` and at most
+    ``(r + 1)² (k + 1)`` times (``r`` rows of ``G``, ``k`` variables of the term);
+    the axpy of the ρ-line adds one more multiplication.
+    """
+    total = 2.0
+    for term in block.terms:
+        g_max = float(abs(sp.csr_matrix(term.lift)).max()) if term.lift.shape[0] else 0.0
+        total += (term.rank + 1) ** 2 * (len(term.variables) + 1) * (1.0 + g_max) ** 2
+    return total * _ETA
 
 
 class _RhoLine:
@@ -130,25 +184,33 @@ class _RhoLine:
         unit[sdp.rho] = 1.0
         self.parts, self.fixed = [], []
         for block in sdp.blocks:
+            underflow = underflow_per_entry(block)
             if not block_uses(block, sdp.rho):  # ρ does not reach this block: one check decides it for every ρ
-                self.fixed.append((block.evaluate(y0), None, block.evaluate_abs(y0), None, block.max_rank() + 2))
+                self.fixed.append((block.evaluate(y0), None, block.evaluate_abs(y0), None, block.max_rank() + 2,
+                                   underflow))
                 continue
             const = 0.5 * (block.constant + block.constant.T)
             self.parts.append((
                 block.evaluate(y0), block.evaluate(unit) - const,
                 block.evaluate_abs(y0), block.evaluate_abs(unit) - np.abs(block.constant),
                 block.max_rank() + 2,  # + the axpy's own rounding
+                underflow,
             ))
-        self.fixed_ok = all(is_provably_psd(f0, a0, rank) for f0, _, a0, _, rank in self.fixed)
+        self.fixed_ok = all(is_provably_psd(f0, a0, rank, under) for f0, _, a0, _, rank, under in self.fixed)
 
     def passes(self, rho: float) -> bool:
-        return self.fixed_ok and all(is_provably_psd(f0 + rho * f1, a0 + rho * a1, rank)
-                                     for f0, f1, a0, a1, rank in self.parts)
+        return self.fixed_ok and all(is_provably_psd(f0 + rho * f1, a0 + rho * a1, rank, under)
+                                     for f0, f1, a0, a1, rank, under in self.parts)
 
     def smallest_eigenvalue(self, rho: float) -> float:
         return min(float(la.eigvalsh(f0 if f1 is None else f0 + rho * f1, subset_by_index=[0, 0],
                                      check_finite=False)[0])
-                   for f0, f1, _, _, _ in self.parts + self.fixed)
+                   for f0, f1, _, _, _, _ in self.parts + self.fixed)
+
+
+def _rounded_up(value: float) -> float:
+    """The next float above a positive ``value`` (``sdp.bound``'s square root may round down by half an ulp)."""
+    return float(np.nextafter(value, np.inf)) if value > 0 else value
 
 
 def certify(sdp: SDP, y: np.ndarray, *, max_inflation: float = 1e-3, tol: float = 1e-8) -> Certificate:
@@ -216,7 +278,89 @@ def certify(sdp: SDP, y: np.ndarray, *, max_inflation: float = 1e-3, tol: float 
     return Certificate(
         y=y_cert,
         rho=good,
-        value=float(sdp.bound(good)),
+        value=_rounded_up(float(sdp.bound(good))),
         margin=margin,
         inflation=(good / rho0 - 1.0) if rho0 > 0 else 0.0,
     )
+
+
+# ------------------------------------------------------------------------------- spectral norms
+#: Gram matrices up to this side get a dense eigenvalue estimate; larger ones Lanczos (ARPACK)
+DENSE_EIG_MAX_SIDE = 256
+
+
+def spectral_norm_bound(w: np.ndarray) -> tuple[float, int]:
+    """A certified upper bound ``m · 2^e ≥ ‖W‖₂``, returned as ``(m, e)`` so products cannot overflow.
+
+    ``W`` is first scaled exactly by a power of two (largest entry in
+    ``[1/2, 1)``).  With the smaller Gram matrix ``G = W Wᵀ`` (or ``WᵀW``)
+    and an estimate ``λ̃`` of its largest eigenvalue (dense for small sides,
+    Lanczos for large ones: no SVD, which takes minutes on 5000 × 5000), the
+    bound ``√t`` with ``t = λ̃ (1 + η)`` is proved by a floating-point Cholesky
+    factorisation of ``t I − G`` shifted as in :func:`cholesky_shift`: the
+    assembly error of ``G`` is at most ``γ_k ‖W‖_F²`` in spectral norm
+    (``|G̃ − G| ≤ γ_k |W||W|ᵀ`` entrywise, ``k`` the inner dimension) and the
+    subtraction from ``t`` adds ``u·max|t − G̃_ii|``.  ``η`` starts just above
+    what these errors need and grows tenfold when the proof fails (an
+    estimate below ``λ_max``), so the bound is within a relative ``1e-7`` of
+    ``‖W‖₂`` unless the matrix is huge.
+
+    Raises
+    ------
+    CertificationError
+        If no ``t`` up to ``λ̃ (1 + 1e-3)`` can be proved (non-finite data).
+    """
+    w = np.asarray(w, dtype=float)
+    if w.size == 0 or not np.any(w):
+        return 0.0, 0
+    if not np.all(np.isfinite(w)):
+        raise CertificationError("the weight matrix has non-finite entries; no spectral norm bound can be certified")
+    exponent = int(np.frexp(np.max(np.abs(w)))[1])
+    scaled = np.ldexp(w, -exponent)  # exact: the entries only move towards the normal range's top
+    with blas_threads(threads_for_size(min(w.shape))):
+        root = _certified_root_of_gram(scaled)
+    mantissa, e = np.frexp(root)
+    return float(mantissa), int(e) + exponent
+
+
+def _certified_root_of_gram(w: np.ndarray) -> float:
+    """``√t ≥ ‖W‖₂`` with ``t I − G ⪰ 0`` proved (see :func:`spectral_norm_bound`)."""
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    # ‖W‖_F² as a dot product (no temporary), rounded up by the γ of its length
+    gram_error = _gamma(max(w.shape)) * float(np.vdot(w, w)) * (1 + 2 * _gamma(w.size))
+    estimate = _largest_eigenvalue(gram)
+    eta = 4 * (gram_error / estimate + 2 * _gamma(gram.shape[0] + 1) * gram.shape[0]) + 1e-12
+    while eta <= 1e-3:
+        t = estimate * (1 + eta)
+        if _proves_gram_below(gram, t, gram_error):
+            return float(np.nextafter(np.sqrt(t), np.inf))  # √t rounded up
+        eta *= 10
+    raise CertificationError("no certified spectral norm bound: the Cholesky proof failed for every tried shift")
+
+
+def _largest_eigenvalue(gram: np.ndarray) -> float:
+    """Estimate of ``λ_max`` of a symmetric PSD matrix (its accuracy only affects tightness)."""
+    n = gram.shape[0]
+    if n <= DENSE_EIG_MAX_SIDE:
+        return float(la.eigvalsh(gram, subset_by_index=[n - 1, n - 1], check_finite=False)[0])
+    from scipy.sparse.linalg import eigsh
+
+    start = np.ones(n) / np.sqrt(n)  # deterministic start vector
+    # one BLAS thread: each Lanczos step is a single matrix-vector product, which more threads only slow down
+    with blas_threads(1):
+        return float(eigsh(gram, k=1, which="LA", tol=1e-10, v0=start, return_eigenvectors=False)[0])
+
+
+def _proves_gram_below(gram: np.ndarray, t: float, gram_error: float) -> bool:
+    """True if a shifted Cholesky proves ``t I − G ⪰ 0`` for every ``G`` within ``gram_error`` of ``gram``."""
+    n = gram.shape[0]
+    a = -gram
+    diag = t - np.diag(gram)
+    a[np.diag_indices(n)] = diag
+    error = gram_error + UNIT_ROUNDOFF * float(np.max(np.abs(diag)))  # the rounding of t − G_ii
+    a[np.diag_indices(n)] -= cholesky_shift(a, error)
+    try:
+        la.cholesky(a, lower=True, overwrite_a=True, check_finite=False)
+        return True
+    except la.LinAlgError:
+        return False

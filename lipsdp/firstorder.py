@@ -52,7 +52,7 @@ import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
 
-from .errors import SolverFailedError
+from .errors import LipSDPError, SolverFailedError
 from .sdp import SDP
 
 #: automatic choice: only LMIs larger than this (the interior-point solver keeps the smaller ones)
@@ -206,6 +206,9 @@ def _evaluate(chain: _Chain, y: np.ndarray, n_eig: int, smooth: float, v0=None, 
     x = la.solve_triangular(chol, b, lower=True, check_finite=False)
     m = x.T @ x - a
     m = 0.5 * (m + m.T)
+    if not np.all(np.isfinite(m)):  # over- or underflow in the Schur complement: treat as infeasible
+        out.ok = False
+        return out
     n0 = m.shape[0]
     p = min(n_eig, n0)
     vals, vecs = la.eigh(m, subset_by_index=[n0 - p, n0 - 1], check_finite=False)
@@ -253,6 +256,10 @@ def greedy_start(chain: _Chain, delta: float = 1e-3, slack: float = 1e-6) -> tup
         n_aa = np.linalg.norm(taa, 2) if taa is not None else 0.0
         s0 = lam_s / max(n_ab**2 / n_bb, n_aa, 1e-300)
         s_hi = min(s0 * np.exp(8), (1 - delta) * s_bd)
+        if not (np.isfinite(s0) and np.isfinite(s_hi) and s0 > 0 and s_hi > 0):
+            raise SolverFailedError(
+                f"firstorder: layer {k}'s data are out of float64's range for the greedy start (step scale {s0:.3g}); "
+                "pose the SDP on a normalised network (lipsdp.estimate does)", "numerical-error")
 
         def schur(s: float):
             inner = s_run + (s * taa if taa is not None else 0.0)
@@ -263,11 +270,12 @@ def greedy_start(chain: _Chain, delta: float = 1e-3, slack: float = 1e-6) -> tup
             out = s * tbb
             if tab is not None:
                 out = out - s * s * tab.T @ la.cho_solve(c, tab, check_finite=False)
-            return 0.5 * (out + out.T)
+            out = 0.5 * (out + out.T)
+            return out if np.all(np.isfinite(out)) else None  # overflow: no usable step
 
         def score(log_s: float) -> float:
             sk = schur(np.exp(log_s))
-            return np.inf if sk is None else -la.eigvalsh(sk, subset_by_index=[0, 0])[0]
+            return np.inf if sk is None else -la.eigvalsh(sk, subset_by_index=[0, 0], check_finite=False)[0]
 
         lo = np.log(min(s0, s_hi)) - 8
         res = minimize_scalar(score, bounds=(lo, np.log(s_hi)), method="bounded", options={"xatol": 1e-4})
@@ -275,11 +283,15 @@ def greedy_start(chain: _Chain, delta: float = 1e-3, slack: float = 1e-6) -> tup
         if score(np.log(s_hi)) <= res.fun:
             s = s_hi
         sk = schur(s)
-        if sk is None or la.eigvalsh(sk, subset_by_index=[0, 0])[0] <= 0:
+        if sk is None or not la.eigvalsh(sk, subset_by_index=[0, 0], check_finite=False)[0] > 0:
             raise SolverFailedError(f"firstorder: no positive definite greedy step at layer {k}", "start-failed")
         scales.append(s)
         s_run = sk
-    rho = float(la.eigh(chain.k_last, s_run, eigvals_only=True, subset_by_index=[chain.k_last.shape[0] - 1] * 2)[0])
+    rho = float(la.eigh(chain.k_last, s_run, eigvals_only=True, subset_by_index=[chain.k_last.shape[0] - 1] * 2,
+                        check_finite=False)[0])
+    if not np.isfinite(rho):
+        raise SolverFailedError("firstorder: the greedy start's bound is not finite (data out of float64's range)",
+                                "numerical-error")
     if not rho > 0:
         rho = 1e-12
     rho *= 1 + slack
@@ -295,16 +307,40 @@ def solve_firstorder(sdp: SDP, time_limit: float = 240.0, max_iters: int = 10000
                      rel_tol: float = 1e-6, patience: int = 20, n_eig: int = 8, smooth: float = 0.03,
                      smooth_min: float = 1e-4,
                      y0: np.ndarray | None = None, verbose: bool = False, **_ignored):
-    """The ``"firstorder"`` back end (see the module docstring)."""
-    from .solvers import SolveResult
+    """The ``"firstorder"`` back end (see the module docstring).
 
+    Raises
+    ------
+    SolverFailedError
+        When the SDP is not a one-block chain (status ``"not-applicable"``), the
+        greedy start finds no positive definite step, or the data or iterates
+        leave float64's range (status ``"numerical-error"``).
+    """
     start = time.perf_counter()
     try:
         chain = _Chain(sdp)
     except ValueError as exc:
         raise SolverFailedError(f"firstorder does not apply: {exc}", "not-applicable") from exc
+    try:
+        return _descend(chain, start, time_limit, max_iters, lr, rel_tol, patience, n_eig, smooth, smooth_min, y0,
+                        verbose)
+    except LipSDPError:
+        raise
+    except (ValueError, ArithmeticError, la.LinAlgError) as exc:
+        # LAPACK/scipy refusing non-finite data, or an optimisation bound that overflowed: the iterates left
+        # float64's range, which no retry here repairs
+        raise SolverFailedError(f"firstorder: numerical breakdown ({type(exc).__name__}: {exc}); "
+                                "try the default solver", "numerical-error") from exc
+
+
+def _descend(chain: _Chain, start: float, time_limit, max_iters, lr, rel_tol, patience, n_eig, smooth, smooth_min,
+             y0, verbose):
+    """Greedy start, then Adam on the multipliers (the body of :func:`solve_firstorder`)."""
+    from .solvers import SolveResult
+
     if y0 is None:
-        y, start_info = greedy_start(chain)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported by greedy_start
+            y, start_info = greedy_start(chain)
     else:
         y, start_info = np.array(y0, float), {"scales": None}
     ev = _evaluate(chain, y, n_eig, smooth)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
-from .activations import SlopeRestricted
+from .activations import QCBasis, SlopeRestricted
 from .graph import ActivationGroup, SignalGraph
 from .network import Network
 from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_basis
@@ -26,9 +26,13 @@ from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_ba
 def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
     """LipSDP (ℓ2) on any signal graph: ``min ρ`` s.t. the one-block LMI above.
 
-    Groups whose rule asks for it (``cross_terms="exact"``) are first restricted
-    to their invariant subspace (:func:`restrict_to_invariants`): the LMI is then
-    ``Nᵀ F(ρ, μ) N ⪰ 0`` with every increment written as ``z = N ζ``.
+    Groups whose rule asks for it (``cross_terms="exact"``) and slope-restricted
+    groups with fixed-slope neurons (``α_i = β_i``) are first restricted to
+    their invariant subspace (:func:`restrict_to_invariants`): the LMI is then
+    ``Nᵀ F(ρ, μ) N ⪰ 0`` with every increment written as ``z = N ζ``.  A
+    fixed-slope neuron's QC holds with equality, so it vanishes on that
+    subspace and the neuron gets no multiplier (left in, it would be a free
+    multiplier whose optimum is only approached as it tends to infinity).
 
     Parameters
     ----------
@@ -38,18 +42,23 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         ``"neuron"`` (LipSDP-Neuron: one multiplier per neuron or group) or
         ``"layer"`` (LipSDP-Layer: one per activation layer).
     """
-    graph = restrict_to_invariants(graph)
+    fixed = fixed_slope_masks(graph)
+    graph = restrict_to_invariants(graph, fixed_slopes=True)
     d, n0 = graph.dim, graph.input_dim
     terms = [QuadTerm(selector(n0, d, 0), identity_basis(n0), np.array([0]), +1.0)]
     var_layer = [0]
     groups = {"rho": slice(0, 1)}
     nonneg = [True]
     n_vars = 1
-    for k, group in enumerate(graph.groups, start=1):
+    for k, (group, mask) in enumerate(zip(graph.groups, fixed), start=1):
         basis = group.activation.qc_basis(group.width, granularity)
+        if mask is not None:
+            basis = _without_neurons(basis, mask)
+        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
+        if basis.size == 0:  # every neuron of the group has a fixed slope: nothing to multiply
+            continue
         idx = np.arange(n_vars, n_vars + basis.size)
         terms.append(QuadTerm(sp.csr_matrix(group.lift(d)), basis.coefficients, idx, -1.0))
-        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
         nonneg.extend(basis.nonneg.tolist())
         var_layer.extend([k] * basis.size)
         n_vars += basis.size
@@ -61,6 +70,22 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         n_vars, c, [block], np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
         {"formulation": f"lipsdp-{granularity}", "norm": 2},
     )
+
+
+def _without_neurons(basis: QCBasis, drop: np.ndarray) -> QCBasis:
+    """The QC basis with every entry on ``[Δv_i; Δφ_i]`` of the neurons in ``drop`` removed.
+
+    Columns that become zero (a dropped neuron's own multiplier, or a layer
+    multiplier whose neurons are all dropped) are removed too.
+    """
+    m = drop.size
+    n2 = 2 * m
+    coef = basis.coefficients.tocoo()
+    gone = np.r_[drop, drop]
+    keep = ~(gone[coef.row % n2] | gone[coef.row // n2])
+    kept = sp.csc_matrix((coef.data[keep], (coef.row[keep], coef.col[keep])), shape=coef.shape)
+    used = np.diff(kept.indptr) > 0
+    return QCBasis(kept[:, used], np.asarray(basis.nonneg)[used])
 
 
 def _sqrt_bound(rho: float) -> float:
@@ -230,18 +255,67 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
                        graph.basis)
 
 
-def restrict_to_invariants(graph: SignalGraph) -> SignalGraph:
+def fixed_slope_neurons(activation, m: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(fixed, slope)`` for a slope-restricted rule with fixed-slope neurons (``α_i = β_i``), else None.
+
+    ``fixed`` is the boolean mask of those neurons and ``slope`` their exact
+    slope (0 elsewhere): ``Δφ_i = slope_i · Δv_i`` for every pair of inputs.
+    """
+    if not isinstance(activation, SlopeRestricted):
+        return None
+    alpha, beta = activation.slope_bounds(m)
+    fixed = alpha == beta
+    if not np.any(fixed):
+        return None
+    return fixed, np.where(fixed, beta, 0.0)
+
+
+def _restrictable(group: ActivationGroup) -> bool:
+    """A group may be re-coordinatised when its outputs are plain coordinates that it does not feed itself."""
+    return group.post is None and not np.any(group.pre[:, group.offset:group.offset + group.width])
+
+
+def fixed_slope_masks(graph: SignalGraph) -> list:
+    """Per group: the mask of fixed-slope neurons that ``restrict_to_invariants(graph, fixed_slopes=True)``
+    eliminates, or None."""
+    if graph.basis is not None:
+        return [None] * len(graph.groups)
+    out = []
+    for g in graph.groups:
+        found = fixed_slope_neurons(g.activation, g.width) if _restrictable(g) else None
+        out.append(None if found is None else found[0])
+    return out
+
+
+def _output_map(group: ActivationGroup, fixed_slopes: bool):
+    """``(gain, K)`` with ``Δφ = diag(gain)·Δv + K w`` (gain None: ``Δφ = Δv + K w``), or None (no restriction)."""
+    if not _restrictable(group):
+        return None
+    if group.activation.restrict_to_invariants:
+        return None, group.activation.invariant_directions(group.width).toarray()
+    found = fixed_slope_neurons(group.activation, group.width) if fixed_slopes else None
+    if found is None:
+        return None
+    fixed, slope = found
+    return slope, np.eye(group.width)[:, ~fixed]  # fixed neurons: Δφ_i = slope_i Δv_i; the others stay free
+
+
+def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> SignalGraph:
     """Pose the graph on the subspace of increments that respect the activations' linear invariants.
 
     A rule with ``restrict_to_invariants`` (GroupSort/MaxMin/Householder with
     ``cross_terms="exact"``) guarantees ``Δφ_k = Δv_k + K_k w_k`` for some
-    ``w_k`` (``K_k = invariant_directions``, exact entries).  Replacing the
-    group's outputs by the new coordinates ``w_k`` gives ``z = N ζ`` with
+    ``w_k`` (``K_k = invariant_directions``, exact entries).  With
+    ``fixed_slopes=True`` a slope-restricted group with fixed-slope neurons
+    (``α_i = β_i = c_i``) is treated alike: ``Δφ_k = diag(c)·Δv_k + K_k w_k``
+    with ``c`` zero on the free neurons and ``K_k`` selecting them.  Replacing
+    the group's outputs by the new coordinates ``w_k`` gives ``z = N ζ`` with
     ``ζ = (Δx₀, …, w_k, …)``, built by forward substitution in group order:
-    the outputs of group ``k`` are ``P_k N + K_k S_k`` (``S_k`` selects ``w_k``).
+    the outputs of group ``k`` are ``diag(c) P_k N + K_k S_k`` (``S_k`` selects ``w_k``).
     Every real increment is ``N ζ`` for some ``ζ``, so ``Nᵀ F N ⪰ 0`` proves
-    the same bound as ``F ⪰ 0`` would, while the S/P/γ terms of MATH §5 vanish
-    identically on ``range(N)`` (they are what the restriction replaces).
+    the same bound as ``F ⪰ 0`` would, while the S/P/γ terms of MATH §5 (and
+    the QCs of fixed-slope neurons) vanish identically on ``range(N)`` (they
+    are what the restriction replaces).
     Implicit groups (self-coupled outputs) and rules without the flag keep
     their coordinates.  The input stays the first ``n₀`` coordinates, so
     ``E₀ N = E₀`` and the ρ/τ terms are unchanged.
@@ -254,32 +328,32 @@ def restrict_to_invariants(graph: SignalGraph) -> SignalGraph:
 
     Notes
     -----
-    No SVD is involved: ``K`` has integer (GroupSort) or stored (Householder ``v``)
-    entries, and the rows of ``N`` are ``P_k N + K_k S_k``.  Those rows, the new
-    lifts ``P_k N`` and the output ``C N`` are float64 products of weight
-    matrices (as in residual graphs, e.g. ``W₃W₂``); their rounding (relative
-    ~ depth·width·u per entry) is an assumption of the certificate, outside
+    No SVD is involved: ``K`` has integer (GroupSort, fixed slopes) or stored
+    (Householder ``v``) entries, and the rows of ``N`` are ``diag(c) P_k N + K_k S_k``.
+    Those rows, the new lifts ``P_k N`` and the output ``C N`` are float64
+    products of weight matrices (and slopes) (as in residual graphs, e.g. ``W₃W₂``); their rounding
+    (relative ~ depth·width·u per entry) is an assumption of the certificate, outside
     the assembly error model of :mod:`lipsdp.certify`, like every weight
     product in a graph.
     """
-    flagged = [bool(g.activation.restrict_to_invariants) and g.post is None
-               and not np.any(g.pre[:, g.offset:g.offset + g.width]) for g in graph.groups]
-    if not any(flagged) or graph.basis is not None:
+    if graph.basis is not None:
+        return graph
+    maps = [_output_map(g, fixed_slopes) for g in graph.groups]
+    if all(m is None for m in maps):
         return graph
     n0 = graph.input_dim
-    kernels = [g.activation.invariant_directions(g.width).toarray() if f else None
-               for g, f in zip(graph.groups, flagged)]
-    new_widths = [g.width if k is None else k.shape[1] for g, k in zip(graph.groups, kernels)]
+    new_widths = [g.width if m is None else m[1].shape[1] for g, m in zip(graph.groups, maps)]
     dim = n0 + sum(new_widths)
     basis = np.zeros((graph.dim, dim))
     basis[:n0, :n0] = np.eye(n0)
     col = n0
     groups = []
-    for g, f, q, kernel in zip(graph.groups, flagged, new_widths, kernels):
+    for g, mapping, q in zip(graph.groups, maps, new_widths):
         out_rows = slice(g.offset, g.offset + g.width)
-        if f:
+        if mapping is not None:
+            gain, kernel = mapping
             pre = g.pre @ basis
-            basis[out_rows] = pre
+            basis[out_rows] = pre if gain is None else gain[:, None] * pre
             basis[out_rows, col:col + q] += kernel
         else:  # unrestricted group: its outputs get fresh coordinates (self-coupling allowed)
             basis[out_rows, col:col + q] = np.eye(q)

@@ -8,8 +8,12 @@
 ``eclipse-fast``     ECLipsE-Fast's greedy closed-form feasible point of MATH §2.
 
 Every SDP-based value passes :func:`lipsdp.certify.certify` on the *original*
-network (multipliers of the reduced problem are mapped back exactly), so the
-reported value is a certified upper bound.
+network (multipliers of the reduced problem are mapped back exactly; the
+network is first rescaled exactly by powers of two, :func:`power_of_two_rescaling`,
+so weights near float64's limits neither underflow nor overflow), so the
+reported value is a certified upper bound.  A bound that is not a normal
+float64 number is refused with :class:`~lipsdp.errors.NumericalRangeError`,
+never rounded to 0 or inf.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 import scipy.linalg as la
 
 from . import formulations as fm
-from .certify import UNIT_ROUNDOFF, certify
+from .certify import certify, spectral_norm_bound
 from .decompose import rho_reaches_every_block
-from .errors import CertificationError, NotApplicableError, UnknownMethodError
+from .errors import CertificationError, NotApplicableError, NumericalRangeError, UnknownMethodError
 from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 from .runtime import blas_threads, heap_reuse, threads_for_size
@@ -55,6 +59,9 @@ class LipschitzBound:
         2 or ``inf``.
     details
         Method-specific extras (inflation needed by the repair, sizes, ...).
+    assumptions
+        What the bound assumed about the model beyond the network it was given
+        (e.g. the activation a state-dict file was read with); empty when nothing.
     """
 
     value: float
@@ -66,6 +73,7 @@ class LipschitzBound:
     certificate_margin: float = float("nan")
     norm: float = 2
     details: dict = field(default_factory=dict)
+    assumptions: tuple = ()
 
     def __float__(self) -> float:
         return float(self.value)
@@ -110,33 +118,109 @@ def method_spec(name: str) -> MethodSpec:
 
 
 # ------------------------------------------------------------------------------- naive
-def _norm_of(w: np.ndarray, norm) -> float:
-    return float(np.linalg.norm(w, 2)) if norm == 2 else float(np.max(np.sum(np.abs(w), axis=1)))
+# Products of norms are kept as (mantissa, exponent) pairs, m · 2^e with m in [1/2, 1), each product
+# rounded up: a deep net's product may leave float64's range although every factor is in it.
+Scaled = tuple  # (mantissa, exponent)
 
 
-def naive_bound(layers, norm=2) -> float:
-    """Product of layer norms; a residual block costs ``1 + bound(branch)``."""
-    total = 1.0
+def _times(a: Scaled, b: Scaled) -> Scaled:
+    """``a · b`` rounded up (the mantissa product rounds to nearest; one step up covers it)."""
+    product = a[0] * b[0]
+    if product == 0:
+        return 0.0, 0
+    mantissa, e = np.frexp(np.nextafter(product, np.inf))
+    return float(mantissa), int(e) + a[1] + b[1]
+
+
+def _from_float(value: float) -> Scaled:
+    """``value`` as ``(mantissa, exponent)`` (exact)."""
+    mantissa, e = np.frexp(float(value))
+    return float(mantissa), int(e)
+
+
+def _shifted(value: float, exponent: int) -> Scaled:
+    """``value · 2^exponent`` (exact)."""
+    mantissa, e = _from_float(value)
+    return mantissa, e + exponent
+
+
+def _one_plus(a: Scaled) -> Scaled:
+    """``1 + a`` rounded up, for any exponent."""
+    if a[0] == 0:
+        return _from_float(1.0)
+    if a[1] >= 60:  # 1 < ulp(a): the next mantissa up covers it
+        return float(np.nextafter(a[0], np.inf)), a[1]
+    return _from_float(np.nextafter(1.0 + np.ldexp(a[0], a[1]), np.inf))
+
+
+def _layer_norm(w: np.ndarray, norm) -> Scaled:
+    """Certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certify.spectral_norm_bound`) or of the induced ∞-norm."""
+    if norm == 2:
+        return spectral_norm_bound(w)
+    if not np.any(w):
+        return 0.0, 0
+    e = int(np.frexp(np.max(np.abs(w)))[1])
+    row_sums = np.sum(np.abs(np.ldexp(w, -e)), axis=1)  # the power-of-two scaling is exact
+    # a sum of n non-negative terms is within a relative γ_n of its float64 value
+    mantissa, e_sum = _times(_from_float(np.max(row_sums)), _from_float(1 + 2 * w.shape[1] * np.finfo(float).eps))
+    return mantissa, e_sum + e
+
+
+def naive_product(layers, norm=2) -> Scaled:
+    """Product of layer norms as ``(mantissa, exponent)``; a residual block costs ``1 + bound(branch)``."""
+    total: Scaled = (0.5, 1)
     for layer in layers:
         if isinstance(layer, Affine):
-            total *= _norm_of(layer.weight, norm)
+            total = _times(total, _layer_norm(layer.weight, norm))
         elif isinstance(layer, ActivationLayer):
-            total *= layer.activation.lipschitz_constant(norm)
+            total = _times(total, _from_float(layer.activation.lipschitz_constant(norm)))
         elif isinstance(layer, Residual):
-            total *= 1.0 + naive_bound(layer.branch, norm)
+            total = _times(total, _one_plus(naive_product(layer.branch, norm)))
         elif isinstance(layer, Implicit):
             raise NotApplicableError("the naive bound does not apply to implicit layers; use lipsdp-neuron")
     return total
 
 
+def naive_bound(layers, norm=2) -> float:
+    """Product of certified layer norms (rounded up); a residual block costs ``1 + bound(branch)``.
+
+    Raises
+    ------
+    NumericalRangeError
+        If the product is outside float64's normal range (it would round to 0 or inf).
+    """
+    return as_float(naive_product(layers, norm), "the naive bound (product of the layer norms)", layers)
+
+
+def as_float(value: Scaled, what: str, layers=()) -> float:
+    """``m · 2^e`` as a float, or :class:`NumericalRangeError` when it would under- or overflow."""
+    mantissa, e = value
+    if mantissa == 0:
+        return 0.0
+    result = float(np.ldexp(mantissa, e)) if -1100 < e < 1100 else (0.0 if e < 0 else np.inf)
+    if np.isfinite(result) and result >= np.finfo(float).tiny:
+        return result
+    decimal = (np.log2(mantissa) + e) * np.log10(2.0)
+    side = "below the smallest normal" if e < 0 else "above the largest"
+    raise NumericalRangeError(
+        f"{what} is about 1e{decimal:.1f}, {side} float64 number, so it cannot be returned as a float. "
+        f"The weights are out of scale{_weight_scales(layers)}: multiply a layer's weights by a power of two "
+        f"2^s (exact), estimate again, and read this network's bound as 2^-s times the result."
+    )
+
+
+def _weight_scales(layers) -> str:
+    """`` (largest |entry| per affine layer: …)`` for messages, or empty."""
+    scales = [f"{layer.name or f'affine {k}'}: {np.max(np.abs(layer.weight)):.3g}"
+              for k, layer in enumerate(layers) if isinstance(layer, Affine) and layer.weight.size]
+    return f" (largest |entry| per affine layer: {', '.join(scales)})" if scales else ""
+
+
 @register_method("naive", "product of spectral norms (ℓ∞: of induced ∞-norms)", norms=(2, np.inf))
 def _naive(net: Network, *, norm=2, solver=None, reduce=True, **options) -> LipschitzBound:
     start = time.perf_counter()
-    raw = naive_bound(net.layers, norm)
-    n_layers = len(net.layers)
-    width = max(net.input_dim, max((getattr(l, "out_dim", 1) for l in net.layers), default=1))
-    value = raw * (1 + 8 * (n_layers + width) * UNIT_ROUNDOFF)  # rounding of the SVDs and the product
-    return LipschitzBound(value, raw, "naive", "none", "closed-form", time.perf_counter() - start, norm=norm)
+    value = naive_bound(net.layers, norm)  # every factor certified, every product rounded up
+    return LipschitzBound(value, value, "naive", "none", "closed-form", time.perf_counter() - start, norm=norm)
 
 
 # ------------------------------------------------------------------------------- SDP pipeline
@@ -150,7 +234,13 @@ def _has_zero_layer(net: Network) -> bool:
 
 def solve_and_certify(net: Network, method: str, build_reduced, build_original, *, solver=None, reduce=True,
                       closed_form=None, transfer=None, **options) -> LipschitzBound:
-    """Shared pipeline: reduce → build → solve (or closed form) → map back → certify.
+    """Shared pipeline: rescale → reduce → build → solve (or closed form) → map back → certify.
+
+    A feed-forward chain is first rescaled exactly by powers of two
+    (:func:`power_of_two_rescaling`), so weights near float64's under- or
+    overflow range are certified as well; the certified bound is scaled back
+    exactly (or refused with :class:`NumericalRangeError` when it is not a
+    normal float64 number).
 
     Parameters
     ----------
@@ -159,7 +249,9 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
     build_original
         ``network -> SDP`` on the network as given (used for the certificate).
     closed_form
-        Optional ``(normalised network, reduced SDP) -> y``: multipliers without a solver.
+        Optional ``(normalised network, reduced SDP, slack) -> y``: multipliers
+        without a solver, strictly feasible by a relative margin of about
+        ``slack`` (tried with :func:`closed_form_slacks` until one certifies).
     transfer
         Optional ``(y, reduced SDP, original SDP) -> y'`` when the certificate is
         checked on a different (equivalent) formulation than the one solved.
@@ -178,9 +270,104 @@ def _size_hint(net: Network) -> int:
     return int(net.input_dim + sum(getattr(layer, "out_dim", 0) for layer in net.layers))
 
 
+def power_of_two_rescaling(net: Network) -> tuple[Network, int]:
+    """An exactly rescaled copy of ``net`` and ``E`` with ``bound(net) = 2^E · bound(copy)``.
+
+    Affine layers are multiplied by powers of two so that their largest entry
+    is in ``[1/2, 1)``: every layer of a feed-forward chain, the first and the
+    last layer (when affine) of any other network.  The last rescaled layer is
+    also multiplied by ``2^{−s}``, ``s`` the rounded ``log₂`` of a cheap estimate of
+    the copy's gain (:func:`_log2_gain`), so that the copy's bound is of order one.
+
+    Why this is exact: multiplying by a power of two is exact in float64
+    (checked: a layer whose entries would leave the range is refused), and the
+    LipSDP value is homogeneous in each weight of a chain (MATH §4,
+    :func:`lipsdp.formulations.normalise_chain`) and in the first and last
+    layer of any network (a change of the input or output variable): the
+    copy's LMI is congruent to the original's by a diagonal of powers of two,
+    so its certificate proves the original's bound ``2^E`` times its value.
+    Biases do not enter the SDP and are kept.
+
+    Raises
+    ------
+    NumericalRangeError
+        If a layer's entries span more than float64's exponent range, so no
+        power of two brings all of them into it.
+    """
+    layers = list(net.layers)
+    affine = [i for i, layer in enumerate(layers) if isinstance(layer, Affine)]
+    chosen = affine if net.is_feedforward else sorted({i for i in (0, len(layers) - 1) if i in affine})
+    if not chosen:
+        return net, 0
+    exponents = {i: -int(np.frexp(np.max(np.abs(layers[i].weight)))[1]) for i in chosen}
+    scaled = {i: np.ldexp(layers[i].weight, e) for i, e in exponents.items()}
+    gain = _log2_gain([Affine(scaled[i], layer.bias, layer.name) if i in scaled else layer
+                       for i, layer in enumerate(layers)])
+    if np.isfinite(gain):
+        exponents[chosen[-1]] -= int(np.round(gain))
+        scaled[chosen[-1]] = np.ldexp(layers[chosen[-1]].weight, exponents[chosen[-1]])
+    for i, e in exponents.items():
+        _check_exact(layers[i], scaled[i], e, i)
+        layers[i] = Affine.create(scaled[i], layers[i].bias, layers[i].name)
+    if not any(exponents.values()):
+        return net, 0
+    return Network(layers), -int(sum(exponents.values()))
+
+
+def _check_exact(layer: Affine, scaled: np.ndarray, exponent: int, index: int) -> None:
+    """Refuse a power-of-two rescaling that lost entries to under- or overflow."""
+    if np.array_equal(np.ldexp(scaled, -exponent), layer.weight):
+        return
+    nonzero = np.abs(layer.weight[layer.weight != 0])
+    raise NumericalRangeError(
+        f"{layer.name or f'layer {index}'}: its weights span more than float64's exponent range (largest "
+        f"|entry| {nonzero.max():.3g}, smallest non-zero {nonzero.min():.3g}), so they cannot be rescaled exactly "
+        f"for the certificate; entries that small relative to the largest do not change the bound at float64 "
+        f"precision: set them to zero and estimate again"
+    )
+
+
+def _log2_gain(layers) -> float:
+    """A cheap estimate of ``log₂`` of the network's gain (only its order of magnitude matters).
+
+    ``‖W‖_F/√rank ≤ ‖W‖₂`` per affine layer, the Lipschitz constant per
+    activation, ``1 + gain`` per residual block; implicit layers count as 1.
+    """
+    total = 0.0
+    for layer in layers:
+        if isinstance(layer, Affine):
+            total += np.log2(np.linalg.norm(layer.weight) / np.sqrt(max(min(layer.weight.shape), 1)))
+        elif isinstance(layer, ActivationLayer):
+            total += np.log2(layer.activation.lipschitz_constant(2))
+        elif isinstance(layer, Residual):
+            total += np.logaddexp2(0.0, _log2_gain(layer.branch))
+    return float(total)
+
+
+#: largest relative slack of a closed-form point (see :func:`closed_form_slacks`)
+MAX_CLOSED_FORM_SLACK = 1e-4
+
+
+def closed_form_slacks(size: int) -> list[float]:
+    """Relative slacks tried in turn for a closed-form point on an LMI of this size.
+
+    The certificate's Cholesky shift is about ``n² u`` of the unit-diagonal
+    matrix (Rump's trace term), so the first slack is ``16 n² u`` (at least
+    1e-10); each retry is 100 times larger, up to :data:`MAX_CLOSED_FORM_SLACK`.
+    """
+    slack = max(1e-10, 16 * size**2 * np.finfo(float).eps / 2)
+    out = []
+    while slack < MAX_CLOSED_FORM_SLACK:
+        out.append(slack)
+        slack *= 100
+    return out + [MAX_CLOSED_FORM_SLACK]
+
+
 def _solve_and_certify(net: Network, method: str, build_reduced, build_original, start: float, *, solver, reduce,
                        closed_form, transfer, **options) -> LipschitzBound:
     """The body of :func:`solve_and_certify` (inside its thread and heap settings)."""
+    original = net
+    net, exponent = power_of_two_rescaling(net)
     normalisation = None
     work = net
     if reduce and net.is_feedforward:
@@ -188,9 +375,9 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
     sdp_red = build_reduced(work, reduce)
     sdp_orig = build_original(net)
 
-    def attempt(program):
+    def attempt(program, slack: float = 0.0):
         if closed_form is not None:
-            y = closed_form(work, program)
+            y = closed_form(work, program, slack)
             solver_name, status, solver_time = "closed-form", "closed-form", 0.0
         else:
             result = solve(program, solver, **options)
@@ -203,9 +390,24 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
             y = transfer(y, program, sdp_orig)
         return y, raw, solver_name, status, solver_time
 
+    if closed_form is not None:
+        cert, raw, solver_name, status, solver_time, extra = _certify_closed_form(attempt, sdp_red, sdp_orig)
+    else:
+        cert, raw, solver_name, status, solver_time, extra = _certify_solution(attempt, sdp_red, sdp_orig)
+    value = as_float(_shifted(cert.value, exponent), f"the certified {method} bound", original.layers)
+    return LipschitzBound(
+        value, float(np.ldexp(raw, exponent)), method, solver_name, status, time.perf_counter() - start,
+        cert.margin, 2,
+        {"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars, "solver_time": solver_time,
+         "power_of_two_exponent": exponent, **extra},
+    )
+
+
+def _certify_solution(attempt, sdp_red, sdp_orig):
+    """Solve, map back and certify; re-solve with ``F ⪰ εI`` when the optimum cannot be certified."""
     margin = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_red.blocks[0].constant))))
     margin_used = 0.0
-    if closed_form is None and not rho_reaches_every_block(sdp_red):
+    if not rho_reaches_every_block(sdp_red):
         # A decoupled block that ρ does not reach (MaxMin/GroupSort chains) cannot be repaired by
         # raising ρ, and a singular optimum leaves it slightly indefinite: solve with F ⪰ εI at once.
         margin_used = margin
@@ -213,7 +415,7 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
     try:
         cert = certify(sdp_orig, y)
     except CertificationError:
-        if closed_form is not None or margin_used:
+        if margin_used:
             raise
         # The optimum is often degenerate (F singular in directions ρ cannot reach) and the solver's
         # rounding leaves it slightly indefinite there: re-solve with F ⪰ εI, whose answer is strictly
@@ -222,10 +424,29 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
         y, raw, solver_name, status, solver_time2 = attempt(sdp_red.with_margin(margin_used))
         solver_time += solver_time2
         cert = certify(sdp_orig, y)
-    return LipschitzBound(
-        cert.value, raw, method, solver_name, status, time.perf_counter() - start, cert.margin, 2,
-        {"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars, "solver_time": solver_time,
-         "margin_retry": margin_used},
+    return cert, raw, solver_name, status, solver_time, {"margin_retry": margin_used}
+
+
+def _certify_closed_form(attempt, sdp_red, sdp_orig):
+    """Certify a closed-form point, built with the relative slacks of :func:`closed_form_slacks` in turn.
+
+    A closed form on the boundary of the feasible set (ECLipsE-Fast's Schur
+    complements are exactly singular) is PSD only up to rounding, and its null
+    direction may be one that raising ρ barely reaches (deep nets), so it is
+    built strictly feasible by a small relative margin; the smallest margin
+    whose point certifies is used (the bound grows by about depth × slack).
+    """
+    failure = None
+    for slack in closed_form_slacks(sdp_orig.size):
+        y, raw, solver_name, status, solver_time = attempt(sdp_red, slack)
+        try:
+            return certify(sdp_orig, y), raw, solver_name, status, solver_time, {"closed_form_slack": slack}
+        except CertificationError as exc:
+            failure = exc
+    raise CertificationError(
+        f"the closed-form point could not be certified in float64 even when built with a relative slack of "
+        f"{MAX_CLOSED_FORM_SLACK:g} ({failure}); the network's LMI is too ill-conditioned for a closed form: "
+        f"use lipsdp-neuron"
     )
 
 
@@ -276,7 +497,8 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
         raise NotApplicableError(f"split must be a positive number of layers, got {k}")
     start = time.perf_counter()
     ws, bs, acts = net.weights, net.biases, net.activations
-    value = raw = 1.0
+    value: Scaled = _from_float(1.0)  # the product is rounded up and kept in range (see naive_product)
+    raw = 1.0
     margins = []
     solvers_used = set()
     for lo in range(0, len(ws), k):
@@ -288,12 +510,13 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
             part = _lipsdp(chunk, granularity, method, solver=solver, reduce=reduce, **options)
             margins.append(part.certificate_margin)
             solvers_used.add(part.solver)
-        value *= part.value
+        value = _times(value, _from_float(part.value))
         raw *= part.raw_value
         if hi < len(ws):
             lip = acts[hi - 1].lipschitz_constant(2)
-            value *= lip
+            value = _times(value, _from_float(lip))
             raw *= lip
+    value = as_float(value, f"the {method} (split={k}) bound", net.layers)
     return LipschitzBound(
         value, raw, f"{method} (split={k})", "+".join(sorted(solvers_used)) or "none", "optimal",
         time.perf_counter() - start, min(margins) if margins else float("nan"), 2, {"split": k},
@@ -303,6 +526,15 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
 @register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2")
 def _lipsdp_layerwise(net: Network, *, norm=2, solver=None, reduce=True, **options):
     net._require_feedforward("lipsdp-neuron-layerwise")
+    fixed = [k for k, (w, a) in enumerate(zip(net.weights, net.activations), start=1)
+             if fm.fixed_slope_neurons(a, w.shape[0]) is not None]
+    if fixed:
+        # the layer-wise blocks keep every neuron's coordinate, so a fixed-slope neuron's multiplier would be
+        # free and its optimum only approached as it tends to infinity (the one-block form eliminates it)
+        raise NotApplicableError(
+            f"lipsdp-neuron-layerwise cannot pose neurons with a fixed slope (alpha = beta; activation layer(s) "
+            f"{fixed}); use lipsdp-neuron, which restricts the SDP to their exact linear invariant"
+        )
 
     def build(network: Network, reduce: bool = False):
         return fm.lipsdp_layerwise(network, "neuron")
@@ -320,71 +552,104 @@ def _lipsdp_layerwise(net: Network, *, norm=2, solver=None, reduce=True, **optio
 
 
 # ------------------------------------------------------------------------------- ECLipsE-Fast
-def eclipse_fast_multipliers(net: Network) -> tuple[float, list[float]]:
-    """Greedy closed-form feasible point of MATH §2 with ``Λ_k = ℓ_k I``.
+def eclipse_fast_multipliers(net: Network, slack: float = 0.0) -> tuple[float, list[float]]:
+    """Greedy closed-form feasible point of MATH §2 with ``Λ_k = ℓ_k I`` (ECLipsE-Fast).
 
-    Starting from ``Q₀ = I``, each step keeps the layer block of MATH §2 PSD by
-    taking ``Q_k`` as its Schur complement,
+    Starting from ``P₀ = (1 − s) I``, each step keeps the layer block of MATH §2,
+    ``[[P_{k−1} + 2ℓ Wᵀ A W, −ℓ Wᵀ S], [−ℓ S W, 2ℓ I − R_k]]``, PSD by taking
+    ``R_k`` as its Schur complement,
 
-        Q_k = 2ℓΛ… = 2ℓ I − ℓ² S W (Q_{k−1} + 2ℓ Wᵀ A W)⁻¹ Wᵀ S,   A = diag(αβ), S = diag(α+β),
+        R_k = 2ℓ I − ℓ² S W (P_{k−1} + 2ℓ Wᵀ A W)⁻¹ Wᵀ S,   A = diag(αβ), S = diag(α+β),
 
-    with ``ℓ_k`` maximising ``λ_min(Q_k)`` (closed form ``ℓ = 1/λ_max(W Q⁻¹ Wᵀ)``
-    when ``αβ = 0``; a scalar search otherwise, keeping the 2αβ term).  Finally
-    ``ρ = λ_max(W_l Q_{l−1}⁻¹ W_lᵀ)`` and every multiplier is scaled by ρ.
+    with ``ℓ_k`` maximising ``λ_min(R_k)`` (closed form ``ℓ = 1/λ_max(S W P⁻¹ Wᵀ S)``
+    when ``αβ = 0``, as in Xu & Sivaranjani 2024 up to their QC's factor 2; a
+    scalar search otherwise, keeping the 2αβ term), and passes ``P_k = (1 − s) R_k``
+    on.  Finally ``ρ = λ_max(W_l P_{l−1}⁻¹ W_lᵀ)`` and every multiplier is scaled by ρ.
+
+    With ``s = 0`` (the published rule) every block is exactly singular: the
+    point lies on the boundary of the feasible set, and its null direction can
+    be one that raising ρ barely reaches (deep nets), so rounding alone makes
+    it uncertifiable.  With ``s > 0`` the one-block LMI satisfies
+    ``F/ρ ⪰ diag(s I, s R_1, …, s R_{l−1}) ≻ 0`` (the blocks sum to ``F/ρ``
+    minus those leftovers ``R_k − P_k``), a relative margin of about ``s/2``
+    after scaling to unit diagonal, at a cost of about ``(depth) · s`` in the bound.
 
     Returns
     -------
     rho, ells
         ``ρ`` (bound² of the network) and the per-layer ``ℓ_k`` (before scaling by ρ).
-    """
-    from scipy.optimize import minimize_scalar
 
-    q = np.eye(net.input_dim)
+    Raises
+    ------
+    NotApplicableError
+        For an activation without slope bounds, or when a step has no positive
+        definite Schur complement in float64 (a degenerate or extremely
+        ill-conditioned layer).
+    """
+    q = (1.0 - slack) * np.eye(net.input_dim)
     ells = []
     for w, act in zip(net.weights[:-1], net.activations):
         bounds = act.slope_bounds(w.shape[0])
         if bounds is None:
             raise NotApplicableError(f"eclipse-fast needs slope-restricted activations, not {act.describe()}")
-        a, b = bounds
-        ab, s = a * b, a + b
-
-        def q_next(ell: float):
-            inner = q + 2 * ell * (w.T * ab) @ w
-            try:
-                chol = la.cho_factor(inner, lower=True)
-            except la.LinAlgError:
-                return None
-            sw = s[:, None] * w
-            return 2 * ell * np.eye(w.shape[0]) - ell**2 * sw @ la.cho_solve(chol, sw.T)
-
-        def score(log_ell: float) -> float:
-            qn = q_next(np.exp(log_ell))
-            return np.inf if qn is None else -la.eigvalsh(qn, subset_by_index=[0, 0])[0]
-
-        g = s[:, None] * w
-        sigma = la.eigvalsh(g @ la.solve(q, g.T, assume_a="pos"), subset_by_index=[w.shape[0] - 1, w.shape[0] - 1])[0]
-        ell = 1.0 / max(sigma, 1e-300)
-        if np.any(ab != 0):
-            res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
-            if np.isfinite(res.fun) and res.fun < score(np.log(ell)):
-                ell = float(np.exp(res.x))
-        qn = q_next(ell)
-        if qn is None or la.eigvalsh(qn, subset_by_index=[0, 0])[0] <= 0:
-            raise NotApplicableError("eclipse-fast found no positive definite step for this network")
+        ell, r_next = _eclipse_step(q, w, *bounds)
         ells.append(ell)
-        q = 0.5 * (qn + qn.T)
+        q = (1.0 - slack) * r_next
     w_last = net.weights[-1]
     rho = la.eigvalsh(w_last @ la.solve(q, w_last.T, assume_a="pos"))[-1]
     return float(rho), ells
 
 
+def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(ℓ_k, R_k)`` of one ECLipsE-Fast step from ``P_{k−1} = q`` (see :func:`eclipse_fast_multipliers`)."""
+    from scipy.optimize import minimize_scalar
+
+    ab, s = alpha * beta, alpha + beta
+
+    def r_next(ell: float):
+        inner = q + 2 * ell * (w.T * ab) @ w
+        try:
+            chol = la.cho_factor(inner, lower=True)
+        except la.LinAlgError:
+            return None
+        sw = s[:, None] * w
+        r = 2 * ell * np.eye(w.shape[0]) - ell**2 * sw @ la.cho_solve(chol, sw.T)
+        return 0.5 * (r + r.T)
+
+    def score(log_ell: float) -> float:
+        r = r_next(np.exp(log_ell))
+        return np.inf if r is None else -la.eigvalsh(r, subset_by_index=[0, 0])[0]
+
+    g = s[:, None] * w
+    sigma = la.eigvalsh(g @ la.solve(q, g.T, assume_a="pos"), subset_by_index=[w.shape[0] - 1, w.shape[0] - 1])[0]
+    ell = 1.0 / max(sigma, 1e-300)
+    if np.any(ab != 0):
+        res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
+        if np.isfinite(res.fun) and res.fun < score(np.log(ell)):
+            ell = float(np.exp(res.x))
+    r = r_next(ell)
+    if r is None or not la.eigvalsh(r, subset_by_index=[0, 0])[0] > 0:
+        raise NotApplicableError("eclipse-fast found no positive definite step for this network; use lipsdp-neuron")
+    return ell, r
+
+
 @register_method("eclipse-fast", "ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form feasible point, certified")
 def _eclipse_fast(net: Network, *, norm=2, solver=None, reduce=True, **options):
+    """ECLipsE-Fast's closed-form point (:func:`eclipse_fast_multipliers`), certified like every SDP method.
+
+    The point is built with the smallest relative slack of
+    :func:`closed_form_slacks` whose float64 certificate succeeds.  It raises
+    :class:`~lipsdp.errors.CertificationError` when even the largest slack
+    cannot be certified (an LMI so ill-conditioned that float64 cannot
+    separate it from singular: e.g. a layer whose Schur complement loses all
+    precision), and :class:`~lipsdp.errors.NotApplicableError` when a step has
+    no positive definite Schur complement at all.
+    """
     net._require_feedforward("eclipse-fast")
     build = _graph_builder("neuron")
 
-    def closed_form(work: Network, sdp_red):
-        rho, ells = eclipse_fast_multipliers(work)
+    def closed_form(work: Network, sdp_red, slack: float):
+        rho, ells = eclipse_fast_multipliers(work, slack)
         y = np.zeros(sdp_red.n_vars)
         y[sdp_red.rho] = rho
         for k, ell in enumerate(ells, start=1):
