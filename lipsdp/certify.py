@@ -203,9 +203,7 @@ class _RhoLine:
                                      for f0, f1, a0, a1, rank, under in self.parts)
 
     def smallest_eigenvalue(self, rho: float) -> float:
-        return min(float(la.eigvalsh(f0 if f1 is None else f0 + rho * f1, subset_by_index=[0, 0],
-                                     check_finite=False)[0])
-                   for f0, f1, _, _, _, _ in self.parts + self.fixed)
+        return min(extreme_eigenvalue(f0 if f1 is None else f0 + rho * f1) for f0, f1, _, _, _, _ in self.parts + self.fixed)
 
 
 def _rounded_up(value: float) -> float:
@@ -338,11 +336,26 @@ def _certified_root_of_gram(w: np.ndarray) -> float:
     raise CertificationError("no certified spectral norm bound: the Cholesky proof failed for every tried shift")
 
 
+def extreme_eigenvalue(m: np.ndarray, largest: bool = False) -> float:
+    """The smallest (or largest) eigenvalue of a symmetric matrix.
+
+    LAPACK's subset driver can fail ("Internal Error") on clustered spectra, e.g. the Gram
+    matrices of orthogonal weights; the full divide-and-conquer driver is the fallback.
+    """
+    n = m.shape[0]
+    index = [n - 1, n - 1] if largest else [0, 0]
+    try:
+        return float(la.eigvalsh(m, subset_by_index=index, check_finite=False)[0])
+    except la.LinAlgError:
+        values = la.eigvalsh(m, driver="evd", check_finite=False)
+        return float(values[-1] if largest else values[0])
+
+
 def _largest_eigenvalue(gram: np.ndarray) -> float:
     """Estimate of ``λ_max`` of a symmetric PSD matrix (its accuracy only affects tightness)."""
     n = gram.shape[0]
     if n <= DENSE_EIG_MAX_SIDE:
-        return float(la.eigvalsh(gram, subset_by_index=[n - 1, n - 1], check_finite=False)[0])
+        return extreme_eigenvalue(gram, largest=True)
     from scipy.sparse.linalg import eigsh
 
     start = np.ones(n) / np.sqrt(n)  # deterministic start vector

@@ -188,13 +188,16 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
         ``value`` = max over the requested functionals; ``details["per_row"]``
         maps each functional (``"i"`` or ``"i-j"``) to its certified bound.
     """
-    from .methods import LipschitzBound
+    from .methods import LipschitzBound, as_float, power_of_two_rescaling
     from .solvers import solve
     from .wellposed import check_network_well_posed
 
     start = time.perf_counter()
     check_network_well_posed(net)
     functionals = _functionals(net.output_dim, output_row, rows)
+    original = net
+    # weights rescaled by exact powers of two (bound(net) = 2^exponent · bound(copy)), so ρ neither under- nor overflows
+    net, exponent = power_of_two_rescaling(net)
     graph = build_graph(net)
     normalise = reduce and net.is_feedforward
     if normalise:
@@ -233,7 +236,9 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
             solve_time += result.solve_time
             retries += 1
             cert = certify(sdp_orig, y)
-        per_row[name], raw_row[name] = cert.value, raw
+        what = f"the certified ℓ∞ bound of output {name}"
+        per_row[name] = as_float((cert.value, exponent), what, original.layers)
+        raw_row[name] = float(np.ldexp(raw, exponent))
         margins.append(cert.margin)
         solver_names.add(result.solver)
     best = max(per_row, key=per_row.get)

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg as la
 
 from . import formulations as fm
-from .certify import certify, spectral_norm_bound
+from .certify import certify, extreme_eigenvalue, spectral_norm_bound
 from .decompose import rho_reaches_every_block
 from .errors import CertificationError, NotApplicableError, NumericalRangeError, UnknownMethodError
 from .graph import build_graph
@@ -618,17 +618,17 @@ def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndar
 
     def score(log_ell: float) -> float:
         r = r_next(np.exp(log_ell))
-        return np.inf if r is None else -la.eigvalsh(r, subset_by_index=[0, 0])[0]
+        return np.inf if r is None else -extreme_eigenvalue(r)
 
     g = s[:, None] * w
-    sigma = la.eigvalsh(g @ la.solve(q, g.T, assume_a="pos"), subset_by_index=[w.shape[0] - 1, w.shape[0] - 1])[0]
+    sigma = extreme_eigenvalue(g @ la.solve(q, g.T, assume_a="pos"), largest=True)
     ell = 1.0 / max(sigma, 1e-300)
     if np.any(ab != 0):
         res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
         if np.isfinite(res.fun) and res.fun < score(np.log(ell)):
             ell = float(np.exp(res.x))
     r = r_next(ell)
-    if r is None or not la.eigvalsh(r, subset_by_index=[0, 0])[0] > 0:
+    if r is None or not extreme_eigenvalue(r) > 0:
         raise NotApplicableError("eclipse-fast found no positive definite step for this network; use lipsdp-neuron")
     return ell, r
 

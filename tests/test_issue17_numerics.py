@@ -225,3 +225,26 @@ def test_lipschitz_bound_has_an_empty_assumptions_field_by_default():
     bound = lipsdp.estimate(_two_layer(), method="naive")
     assert bound.assumptions == ()
     assert list(type(bound).__dataclass_fields__)[-1] == "assumptions"
+
+
+def test_naive_bound_of_orthogonal_layers_survives_lapacks_subset_driver():
+    """The subset eigenvalue driver raised a raw LinAlgError on the Gram matrix of an SLL export (clustered spectrum)."""
+    torch = pytest.importorskip("torch")
+    import lmi
+
+    torch.manual_seed(0)
+    model = lmi.lipschitz_mlp([64, 32, 32, 10], 4.0, parameterization="sll", dtype=torch.float64)
+    plain = lmi.to_plain(model)
+    bound = lipsdp.estimate(plain, method="naive").value
+    weights = [m.weight.detach().numpy() for m in plain.modules() if isinstance(m, torch.nn.Linear)]
+    assert bound >= max(np.linalg.norm(w, 2) for w in weights)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e170, 2.0**-600])
+def test_linf_bounds_of_extreme_weight_scales_scale_with_them(scale):
+    """ℓ∞ path: a 1e-170 first layer raised CertificationError and 1e170 a raw OverflowError."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(4, 3)), rng.normal(size=(2, 4))
+    base = lipsdp.estimate(lipsdp.Network.from_weights([w1, w2], activation="relu"), norm="inf").value
+    scaled = lipsdp.estimate(lipsdp.Network.from_weights([scale * w1, w2], activation="relu"), norm="inf").value
+    assert scaled == pytest.approx(scale * base, rel=1e-9)
