@@ -334,13 +334,14 @@ def _log2_gain(layers) -> float:
     activation, ``1 + gain`` per residual block; implicit layers count as 1.
     """
     total = 0.0
-    for layer in layers:
-        if isinstance(layer, Affine):
-            total += np.log2(np.linalg.norm(layer.weight) / np.sqrt(max(min(layer.weight.shape), 1)))
-        elif isinstance(layer, ActivationLayer):
-            total += np.log2(layer.activation.lipschitz_constant(2))
-        elif isinstance(layer, Residual):
-            total += np.logaddexp2(0.0, _log2_gain(layer.branch))
+    with np.errstate(divide="ignore"):  # a zero layer (or zero slope) gives −inf: no useful estimate, as the caller expects
+        for layer in layers:
+            if isinstance(layer, Affine):
+                total += np.log2(np.linalg.norm(layer.weight) / np.sqrt(max(min(layer.weight.shape), 1)))
+            elif isinstance(layer, ActivationLayer):
+                total += np.log2(layer.activation.lipschitz_constant(2))
+            elif isinstance(layer, Residual):
+                total += np.logaddexp2(0.0, _log2_gain(layer.branch))
     return float(total)
 
 
