@@ -27,19 +27,6 @@ DEFAULT_COMPARE = ("naive", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lo
 #: rows of :func:`compare` that are not registered methods
 COMPARE_EXTRAS = ("lower", "exact")
 
-_LIPSDP_OPTIONS = {2: ("split", "cross_terms"), np.inf: ("cross_terms", "output_row", "rows")}
-#: Options each built-in method consumes itself, by norm; every other option goes to the solver.
-#: A method missing here (registered elsewhere) gets its options passed on unchecked.
-METHOD_OPTIONS = {
-    "naive": {2: (), np.inf: ()},
-    "eclipse-fast": {2: ()},
-    "lipsdp-neuron": _LIPSDP_OPTIONS,
-    "lipsdp-layer": _LIPSDP_OPTIONS,
-    "lipsdp-rr": _LIPSDP_OPTIONS,
-    "lipsdp-neuron-layerwise": {2: ()},
-}
-#: methods that call no solver (closed forms), hence take no solver options
-NO_SOLVER_METHODS = frozenset({"naive", "eclipse-fast"})
 #: estimate's own parameters, offered as corrections of a misspelt option
 _ESTIMATE_PARAMETERS = ("method", "norm", "solver", "reduce", "max_memory_gb")
 
@@ -125,7 +112,7 @@ def check_options(method: str, norm, solver: str | None, options: dict) -> None:
     Solver options are checked against the named solver, or for the automatic choice against
     any solver it may pick (:func:`lipsdp.solvers.solve` checks the one it picks).
     """
-    table = METHOD_OPTIONS.get(method)
+    table = method_spec(method).options
     if table is None:
         return
     own = table.get(norm, ())
@@ -149,7 +136,7 @@ def check_options(method: str, norm, solver: str | None, options: dict) -> None:
 
 def _solver_scope(method: str, norm, solver: str | None, own: Sequence[str]) -> tuple[set, set, str, str]:
     """``(accepted, listed, where, label)`` for the error message of an option ``method`` does not take."""
-    if method in NO_SOLVER_METHODS:
+    if not method_spec(method).uses_solver:
         where = f"method {method!r} (it calls no solver, so it takes no solver options)"
         return set(own), set(own), where, "accepted"
     if solver in (None, "auto"):

@@ -88,10 +88,6 @@ def _clarabel_cost(d: int, m: int) -> tuple[float, float]:
 SOLVER_COSTS = {"ipm": _ipm_cost, "firstorder": _firstorder_cost, "cvxopt": _cvxopt_cost, "mosek": _cvxopt_cost,
                 "scs": _scs_cost, "clarabel": _clarabel_cost}
 
-# The structured interior point applies up to these sizes (mirrors lipsdp.ipm._applies); beyond
-# them the automatic choice falls back to CVXOPT.
-_IPM_MAX_VARS = 20000
-_IPM_MAX_BLOCK = 8000
 
 #: methods whose multipliers come from a closed form (no solver)
 CLOSED_FORM_METHODS = frozenset({"eclipse-fast"})
@@ -183,7 +179,9 @@ def _back_end(solver: str | None, d: int, m: int) -> tuple[str, str]:
 
         if mosek_problem() is None:
             return "mosek", "mosek (automatic)"
-        if m <= _IPM_MAX_VARS and d <= _IPM_MAX_BLOCK:
+        from .ipm import MAX_BLOCK, MAX_VARS  # beyond them the automatic choice falls back to CVXOPT
+
+        if m <= MAX_VARS and d <= MAX_BLOCK:
             return "ipm", "ipm (automatic)"
         return "cvxopt", "cvxopt (automatic: too large for ipm)"
     key = solver.split(":", 1)[1].lower() if solver.lower().startswith("cvxpy:") else solver.lower()

@@ -1212,17 +1212,22 @@ def _available() -> str | None:
     return None
 
 
+#: most multipliers the ipm takes (its Schur complement is held densely)
+MAX_VARS = 20000
+#: largest LMI block the ipm takes, once split into its decoupled components
+MAX_BLOCK = 8000
+
+
 def _applies(sdp: SDP) -> bool:
-    """A modest number of variables (the Schur complement is held densely) and blocks of at most
-    8000 rows once split into their decoupled components (a deep MaxMin chain is one huge block
-    made of small ones)."""
-    if sdp.n_vars > 20000:
+    """At most :data:`MAX_VARS` variables and blocks of at most :data:`MAX_BLOCK` rows once split into
+    their decoupled components (a deep MaxMin chain is one huge block made of small ones)."""
+    if sdp.n_vars > MAX_VARS:
         return False
-    if all(b.dim <= 8000 for b in sdp.blocks):
+    if all(b.dim <= MAX_BLOCK for b in sdp.blocks):
         return True
     from .decompose import split_decoupled_blocks
 
-    return all(b.dim <= 8000 for b in split_decoupled_blocks(sdp).blocks)
+    return all(b.dim <= MAX_BLOCK for b in split_decoupled_blocks(sdp).blocks)
 
 
 def register() -> None:

@@ -87,20 +87,36 @@ class LipschitzBound:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method.
+
+    ``options`` maps each norm to the keyword options the method consumes itself (every other
+    option goes to the solver; ``None``: not declared, passed on unchecked); ``uses_solver`` is
+    False for closed forms, which then take no solver options.
+    """
+
     name: str
     run: Callable[..., LipschitzBound]
     description: str
     norms: tuple = (2,)
+    options: dict | None = None
+    uses_solver: bool = True
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
+#: the options of the LipSDP programs, by norm (``output_row``/``rows`` pick ℓ∞ functionals)
+LIPSDP_OPTIONS = {2: ("split", "cross_terms"), np.inf: ("cross_terms", "output_row", "rows")}
 
-def register_method(name: str, description: str, norms: tuple = (2,)):
-    """Decorator registering ``fn(net, *, norm, solver, reduce, **options) -> LipschitzBound``."""
+
+def register_method(name: str, description: str, norms: tuple = (2,), options: dict | None = None,
+                    uses_solver: bool = True):
+    """Decorator registering ``fn(net, *, norm, solver, reduce, **options) -> LipschitzBound``.
+
+    ``options``: per norm, the option names ``fn`` takes itself (see :class:`MethodSpec`).
+    """
 
     def wrap(fn):
-        _METHODS[name] = MethodSpec(name, fn, description, norms)
+        _METHODS[name] = MethodSpec(name, fn, description, norms, options, uses_solver)
         return fn
 
     return wrap
@@ -216,7 +232,8 @@ def _weight_scales(layers) -> str:
     return f" (largest |entry| per affine layer: {', '.join(scales)})" if scales else ""
 
 
-@register_method("naive", "product of spectral norms (ℓ∞: of induced ∞-norms)", norms=(2, np.inf))
+@register_method("naive", "product of spectral norms (ℓ∞: of induced ∞-norms)", norms=(2, np.inf),
+                 options={2: (), np.inf: ()}, uses_solver=False)
 def _naive(net: Network, *, norm=2, solver=None, reduce=True, **options) -> LipschitzBound:
     start = time.perf_counter()
     value = naive_bound(net.layers, norm)  # every factor certified, every product rounded up
@@ -482,12 +499,13 @@ def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None,
 
 
 @register_method("lipsdp-neuron", "LipSDP with one multiplier per neuron (Fazlyab et al. 2019); split=k for chunks",
-                 norms=(2, np.inf))
+                 norms=(2, np.inf), options=LIPSDP_OPTIONS)
 def _lipsdp_neuron(net: Network, *, norm=2, solver=None, reduce=True, **options):
     return _lipsdp(net, "neuron", "lipsdp-neuron", norm=norm, solver=solver, reduce=reduce, **options)
 
 
-@register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer", norms=(2, np.inf))
+@register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer", norms=(2, np.inf),
+                 options=LIPSDP_OPTIONS)
 def _lipsdp_layer(net: Network, *, norm=2, solver=None, reduce=True, **options):
     return _lipsdp(net, "layer", "lipsdp-layer", norm=norm, solver=solver, reduce=reduce, **options)
 
@@ -524,7 +542,8 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
     )
 
 
-@register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2")
+@register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2",
+                 options={2: ()})
 def _lipsdp_layerwise(net: Network, *, norm=2, solver=None, reduce=True, **options):
     net._require_feedforward("lipsdp-neuron-layerwise")
     fixed = [k for k, (w, a) in enumerate(zip(net.weights, net.activations), start=1)
@@ -634,7 +653,8 @@ def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndar
     return ell, r
 
 
-@register_method("eclipse-fast", "ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form feasible point, certified")
+@register_method("eclipse-fast", "ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form feasible point, certified",
+                 options={2: ()}, uses_solver=False)
 def _eclipse_fast(net: Network, *, norm=2, solver=None, reduce=True, **options):
     """ECLipsE-Fast's closed-form point (:func:`eclipse_fast_multipliers`), certified like every SDP method.
 

@@ -21,7 +21,7 @@ from .activation_registry import rule_from_spec
 from . import activations as act
 from .errors import NotApplicableError
 from .group_activations import GroupSort
-from .methods import _lipsdp, register_method
+from .methods import LIPSDP_OPTIONS, _lipsdp, register_method
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 
 
@@ -91,7 +91,7 @@ def residual_relu_network(net: Network) -> Network:
 
 
 @register_method("lipsdp-rr", "baseline: MaxMin rewritten as residual ReLU, then LipSDP-Neuron (Pauli et al. 2024)",
-                 norms=(2, np.inf))
+                 norms=(2, np.inf), options=LIPSDP_OPTIONS)
 def _lipsdp_rr(net: Network, *, norm=2, solver=None, reduce=True, **options):
     bound = _lipsdp(residual_relu_network(net), "neuron", "lipsdp-rr", norm=norm, solver=solver, reduce=reduce,
                     **options)
