@@ -9,6 +9,7 @@ from . import activations, errors
 from . import activation_registry  # the one activation registry (torch types, specs, QC rules)
 from .api import as_network, compare, estimate
 from .certify import Certificate, certify
+from .claims import ClaimCheck, check_claim
 from .errors import LipSDPError
 from .graph import SignalGraph, build_graph
 from .methods import LipschitzBound, methods, register_method
@@ -16,6 +17,7 @@ from .network import ActivationLayer, Affine, Implicit, Network, Residual
 from .solvers import register_solver, solvers
 from . import linf, rr, wellposed  # ℓ∞ SDPs, the lipsdp-rr baseline, well-posedness of implicit layers
 from . import nn_convert  # torch converters of lipsdp.nn modules (torch imported lazily)
+from . import peers  # converters of deel-torchlip and orthogonium modules, by type name (neither is imported)
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,8 @@ __all__ = [
     "as_network",
     "build_graph",
     "certify",
+    "check_claim",
+    "ClaimCheck",
     "compare",
     "errors",
     "estimate",

@@ -319,7 +319,7 @@ def compare_row(model: Any, method: str, norm=2, solver: str | None = None, *, l
 
 def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solver: str | None = None,
             progress: bool | None = None, lower_options: dict | None = None, *, exact_options: dict | None = None,
-            max_memory_gb: float | None = None):
+            max_memory_gb: float | None = None, claimed: float | None = None):
     """Run several methods on one model and tabulate them.
 
     ``"lower"`` (gradient-ascent lower bound; for ``norm="inf"`` the ℓ∞
@@ -341,6 +341,10 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
         :func:`~lipsdp.lower.exact_pattern_bound` (``max_regions``: it refuses
         networks with more possible regions, by default
         :data:`~lipsdp.lower.DEFAULT_MAX_REGIONS`; None lifts the limit).
+    claimed
+        A claimed Lipschitz constant γ (e.g. the one a training library promises): adds the
+        columns ``claimed`` and ``claim`` (:func:`lipsdp.claims.add_claim_columns`: an upper
+        bound "holds" or "not proved", a lower bound "refuted" or "consistent").
 
     Returns
     -------
@@ -359,6 +363,10 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     check_solver_name(solver)
     options = _checked_row_options(norm, lower_options, exact_options)
     budget.check_max_memory(max_memory_gb)
+    if claimed is not None:
+        from .claims import add_claim_columns, check_gamma
+
+        check_gamma(claimed)
     net = as_network(model)
     if norm != 2:
         names = [n for n in names if n != "exact"]
@@ -377,7 +385,7 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     lower_rows = table[table["status"].isin(LOWER_STATUSES)]
     best_lower = lower_rows["value"].max() if len(lower_rows) else float("nan")
     table["gap"] = table["value"] / best_lower if best_lower and best_lower > 0 else float("nan")
-    return table
+    return table if claimed is None else add_claim_columns(table, claimed)
 
 
 # ----------------------------------------------------------------------------- listings

@@ -71,22 +71,57 @@ def _estimate_parser(sub) -> None:
                          description="Certified upper bound on the Lipschitz constant of a saved model; "
                                      "--method lower gives a lower bound and --method exact the exact constant "
                                      "of tiny ReLU nets, labelled as such.")
-    est.add_argument("path", help="model file: .pt/.pth (TorchScript or state_dict), .npz or .mat")
+    _model_file_arguments(est)
     est.add_argument("--method", default=None,
                      help="a name from `lipsdp methods` (default lipsdp-neuron); lower and exact give a lower bound "
                           "and the exact constant instead of an upper bound")
     est.add_argument("--solver", default=None, help="a name from `lipsdp solvers` (default: the automatic choice)")
     est.add_argument("--norm", default="2", choices=["2", "inf"], help="input/output norm (default 2)")
-    est.add_argument("--activation", default=None, metavar="NAME", help=_activation_help())
-    est.add_argument("--structure", default=None, choices=["feedforward", "residual"],
-                     help=".mat files only: feedforward (default, stated in the result) or residual "
-                          "(x1 = W1 x, x_(k+1) = x_k + act(W_k x_k), y = W_L x_(L-1))")
     est.add_argument("--max-memory-gb", type=float, default=None,
                      help="memory budget in GiB for the SDP (default: 75%% of the memory available)")
     est.add_argument("--max-regions", type=_max_regions, default=argparse.SUPPRESS, metavar="N",
                      help="--method exact only: refuse nets with more possible linear regions than N (default "
                           f"{DEFAULT_MAX_REGIONS}; each costs about one linear program); 'none' lifts the limit")
     est.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _model_file_arguments(cmd) -> None:
+    """The model file and what the user states about it (shared by the commands that read one)."""
+    cmd.add_argument("path", help="model file: .pt/.pth (TorchScript or state_dict), .npz or .mat")
+    cmd.add_argument("--activation", default=None, metavar="NAME", help=_activation_help())
+    cmd.add_argument("--structure", default=None, choices=["feedforward", "residual"],
+                     help=".mat files only: feedforward (default, stated in the result) or residual "
+                          "(x1 = W1 x, x_(k+1) = x_k + act(W_k x_k), y = W_L x_(L-1))")
+
+
+def _load(args: argparse.Namespace):
+    from .io import load_network
+
+    return load_network(args.path, activation=args.activation, structure=args.structure)
+
+
+def _check_claim_parser(sub) -> None:
+    cmd = sub.add_parser(
+        "check-claim", help="is a saved model really gamma-Lipschitz? certified bound, lower bound, layer factors",
+        description="Check a claimed Lipschitz constant: lipsdp's certified bound and a lower bound against the "
+                    "claim, and the layers the excess comes from. Exit status 0 when the claim is proved, 1 when "
+                    "it is not proved or refuted, 2 on errors.")
+    _model_file_arguments(cmd)
+    cmd.add_argument("--gamma", type=float, required=True, help="the claimed Lipschitz constant (l2 norm)")
+    cmd.add_argument("--method", default="lipsdp-neuron", help="method of the certified bound (default lipsdp-neuron)")
+    cmd.add_argument("--solver", default=None, help="a name from `lipsdp solvers` (default: the automatic choice)")
+    cmd.add_argument("--no-lower", action="store_true", help="skip the lower-bound search")
+    cmd.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _check_claim(args: argparse.Namespace) -> int:
+    """``lipsdp check-claim``: prints the report; 0 if the claim holds, else 1."""
+    from .claims import check_claim
+
+    options = {} if args.solver is None else {"solver": args.solver}
+    result = check_claim(_load(args), args.gamma, method=args.method, lower=not args.no_lower, **options)
+    print(json.dumps(result.as_dict()) if args.json else str(result))
+    return 0 if result.verdict == "holds" else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lipsdp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _estimate_parser(sub)
+    _check_claim_parser(sub)
 
     cmp_ = sub.add_parser("compare", help="run the default comparison suite (digits MLPs), write a CSV and a figure",
                           description="Train three small MLPs on scikit-learn's digits, run the methods on each, "
@@ -186,11 +222,9 @@ def _describe(record: dict, kind: str, norm: str) -> str:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .io import load_network
-
     kind = _method_kind(args.method)
     _check_flags(args, kind)
-    net = load_network(args.path, activation=args.activation, structure=args.structure)
+    net = _load(args)
     build = _upper_bound_record if kind == "certified upper bound" else _other_record
     record, assumptions = build(net, args)
     if args.json:
@@ -242,7 +276,7 @@ def _solvers() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    commands = {"estimate": _estimate, "compare": _compare}
+    commands = {"estimate": _estimate, "compare": _compare, "check-claim": _check_claim}
     if args.command in commands:
         return commands[args.command](args)
     return _methods() if args.command == "methods" else _solvers()

@@ -183,6 +183,9 @@ def solve_with_cvxpy(sdp: SDP, solver: str, verbose: bool = False, **options) ->
         if solver == "MOSEK" and mosek_problem():
             raise LicenseError(mosek_problem()) from exc
         raise SolverFailedError(f"{solver} (via cvxpy) failed: {exc}", "error") from exc
+    except (ValueError, ArithmeticError) as exc:  # a back end's own numerical breakdown (CVXOPT: 1/sqrt(0))
+        raise SolverFailedError(f"{solver} (via cvxpy) broke down numerically: {type(exc).__name__}: {exc}",
+                                "numerical-error") from exc
     elapsed = time.perf_counter() - start
     status = problem.status
     if status != cp.OPTIMAL or y.value is None:

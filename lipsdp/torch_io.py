@@ -16,18 +16,30 @@ A subclass or a same-named class of another library is not matched: it is
 reported.  Every unsupported module is collected and reported in one
 :class:`~lipsdp.errors.UnsupportedLayerError`.
 
+A module whose weights are computed by ``torch.nn.utils.parametrize`` (another
+library's constrained layer) is matched by the class it was built from, not by the
+``Parametrized…`` class torch creates; it must be in eval mode, and it is read
+without side effects: if computing its weight changes its own state (a power
+iteration run on every call), the state is restored and the network states that it
+was read at its current state (see :func:`note`).  A converter may return a
+:class:`WidthDependent` placeholder for a module whose layers depend on the width
+it acts on; it is resolved once the widths are known.
+
 torch is never imported at module level: lipsdp imports without it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from . import activation_registry as registry
 from .errors import InvalidWeightsError, UnsupportedLayerError
-from .network import ActivationLayer, Affine, Network
+from .network import ActivationLayer, Affine, Implicit, Network, Residual
 
 Converter = Callable[[Any, str], list]
 
@@ -62,6 +74,44 @@ def register_torch_converter(module_type: type | str, fn: Converter) -> None:
     """
     key = module_type if isinstance(module_type, str) else f"{module_type.__module__}.{module_type.__qualname__}"
     _CONVERTERS[key] = fn
+
+
+@dataclass(frozen=True, eq=False)
+class WidthDependent:
+    """A converter's placeholder for layers that depend on the width they act on.
+
+    ``build(width) -> list`` of lipsdp layers, called by :func:`network_from_torch` once
+    the width reaching ``name`` is known (e.g. a sort over the whole layer).
+    """
+
+    build: Callable[[int], list]
+    name: str
+
+
+#: notes of the conversion in progress (None outside :func:`network_from_torch`)
+_NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("lipsdp_torch_io_notes", default=None)
+
+
+def note(text: str) -> None:
+    """Record what the model's description assumed or observed (it becomes one of the network's assumptions).
+
+    Converters call it, e.g. for a module read at its current state while its forward
+    changes that state.  Outside :func:`network_from_torch` (a bare :func:`convert_module`)
+    there is no network to carry it and it is dropped.
+    """
+    notes = _NOTES.get()
+    if notes is not None and text not in notes:
+        notes.append(str(text))
+
+
+@contextlib.contextmanager
+def _collecting_notes() -> Iterator[list]:
+    notes: list = []
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
 
 
 def torch_converters() -> list[str]:
@@ -101,8 +151,23 @@ def convert_module(module: Any, path: str = "") -> list:
     return layers
 
 
+def _is_parametrized(module: Any) -> bool:
+    """True for an eager module whose tensors ``torch.nn.utils.parametrize`` computes."""
+    from torch.nn.utils import parametrize
+
+    return not hasattr(module, "_c") and parametrize.is_parametrized(module)
+
+
+def type_name(module: Any) -> str:
+    """The qualified type the converters are keyed by (a parametrized module's original class)."""
+    if _is_parametrized(module):
+        original = type(module).__bases__[0]  # torch builds Parametrized<Class>(Class)
+        return f"{original.__module__}.{original.__qualname__}"
+    return registry.qualified_type_name(module)
+
+
 def _walk(module: Any, path: str, layers: list, unsupported: list) -> None:
-    qualified = registry.qualified_type_name(module)
+    qualified = type_name(module)
     kind = module_type_name(module)
     if qualified in _CONTAINERS:
         for name, child in module.named_children():
@@ -114,14 +179,97 @@ def _walk(module: Any, path: str, layers: list, unsupported: list) -> None:
             layers.append(ActivationLayer(registry.rule_from_module(module), path))
             return
         if fn is None:
-            unsupported.append((path, kind if kind == qualified.rsplit(".", 1)[-1] and qualified.startswith("torch.")
-                                else f"{kind} ({qualified})"))
+            unsupported.append((path, _unsupported_reason(module, kind, qualified)))
             return
-        layers.extend(fn(module, path))
+        layers.extend(_convert(fn, module, path))
     except (Unsupported, registry.UnreadableModule) as exc:
         unsupported.append((path, f"{kind} ({exc})"))
     except UnsupportedLayerError as exc:
         unsupported.extend(exc.unsupported)
+
+
+def _unsupported_reason(module: Any, kind: str, qualified: str) -> str:
+    if hasattr(module, "_c") and qualified.rsplit(".", 1)[-1].startswith("Parametrized"):
+        return (f"{kind} (a TorchScript module with parametrized weights: TorchScript does not say which class it was "
+                "built from; script the model after replacing such layers by nn.Linear holding their weights, "
+                "e.g. deel-torchlip's vanilla_export())")
+    if kind == qualified.rsplit(".", 1)[-1] and qualified.startswith("torch."):
+        return kind
+    return f"{kind} ({qualified})"
+
+
+def _convert(fn: Converter, module: Any, path: str) -> list:
+    """``fn(module, path)``; a parametrized module is read in eval mode and left exactly as it was.
+
+    Computing a parametrized weight may update the module's state (a power iteration on
+    every call): the state is then restored, so reading has no side effect, and a note
+    says that the module was read at its current state, with how much its weight moves
+    from one call to the next.
+    """
+    if not _is_parametrized(module):
+        return fn(module, path)
+    import torch
+
+    if module.training:
+        raise Unsupported("its weight is computed by a parametrization, which may differ or update itself in "
+                          "training mode: call model.eval() before converting")
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    try:
+        with torch.no_grad():
+            layers = fn(module, path)
+            changed = _state_changed(module, before)
+            drift = _weight_drift(layers, fn(module, path)) if changed else 0.0
+    finally:
+        if _state_changed(module, before):
+            module.load_state_dict(before)
+    if changed:
+        note(f"{path or '<root>'} ({type_name(module)}) updates its own state every time its weight is computed, "
+             f"eval mode included, so its output may change from one call to the next (its weight moved by "
+             f"{drift:.2g}, relative, in one more call): certified at its current state, the weight its next call "
+             "uses; the module was left unchanged")
+    return layers
+
+
+def _state_changed(module: Any, before: dict) -> bool:
+    after = module.state_dict()
+    return any(not bool((after[k] == v).all()) for k, v in before.items())
+
+
+def _weight_drift(first: list, second: list) -> float:
+    """Largest relative change between the weights of two readings of the same module."""
+    drift = 0.0
+    for a, b in zip(first, second):
+        if isinstance(a, Affine) and isinstance(b, Affine):
+            scale = max(float(np.max(np.abs(a.weight))), np.finfo(float).tiny)
+            drift = max(drift, float(np.max(np.abs(a.weight - b.weight))) / scale)
+    return drift
+
+
+def resolve_width_dependent(layers: list, width: int | None = None) -> tuple[list, int | None]:
+    """``layers`` with every :class:`WidthDependent` built at the width reaching it, and the output width.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        A width-dependent module that no earlier layer gives a width.
+    """
+    out: list = []
+    for layer in layers:
+        if isinstance(layer, WidthDependent):
+            if width is None:
+                reason = ("its layers depend on the width of its input, which no earlier layer fixes: "
+                          "put a Linear layer before it")
+                raise UnsupportedLayerError([(layer.name, reason)], supported_modules())
+            built, width = resolve_width_dependent(layer.build(width), width)
+            out.extend(built)
+            continue
+        if isinstance(layer, Residual):
+            branch, _ = resolve_width_dependent(list(layer.branch), width)
+            layer = Residual(tuple(branch), layer.name)
+        out.append(layer)
+        if isinstance(layer, (Affine, Implicit)):
+            width = layer.out_dim
+    return out, width
 
 
 def network_from_torch(module: Any) -> Network:
@@ -137,7 +285,8 @@ def network_from_torch(module: Any) -> Network:
     -------
     Network
         Float64 copy of the weights; eval-mode BatchNorm is folded into the
-        neighbouring Linear layers; Identity, Flatten and Dropout are skipped.
+        neighbouring Linear layers; Identity, Flatten and Dropout are skipped;
+        ``assumptions`` holds the converters' notes (see :func:`note`).
 
     Raises
     ------
@@ -147,7 +296,10 @@ def network_from_torch(module: Any) -> Network:
     InvalidWeightsError, ShapeMismatchError
         NaN/Inf weights; layers whose widths do not chain.
     """
-    return Network(convert_module(module, ""))
+    with _collecting_notes() as notes:
+        layers = convert_module(module, "")
+    layers, _ = resolve_width_dependent(layers)
+    return Network(layers, assumptions=notes)
 
 
 # ------------------------------------------------------------------- attribute access

@@ -4,6 +4,11 @@ For a classifier ``f`` that is ``L``-Lipschitz in the 2-norm, the logit margin
 ``m(x) = f_y(x) - max_{j != y} f_j(x)`` is ``sqrt(2) L``-Lipschitz (each
 difference of two logits is ``||e_y - e_j|| L = sqrt(2) L``-Lipschitz), so the
 prediction cannot change within radius ``m(x) / (sqrt(2) L)``.
+
+Any certified ``L`` works; the smaller, the larger the certified radii.  A trained
+parameterization often uses only part of its budget ``gamma``, so lipsdp's certified
+bound of the same network can be lower: :func:`tightest_bound` takes the smaller of the
+two, and ``certified_accuracy(..., use_lipsdp=True)`` uses it (opt-in: it solves an SDP).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ __all__ = [
     "margins",
     "certified_radius",
     "certified_accuracy",
+    "lipsdp_bound",
+    "tightest_bound",
     "jacobian_norms",
     "empirical_lipschitz",
 ]
@@ -36,9 +43,37 @@ def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: floa
     return margins(logits.detach(), labels).clamp_min(0.0) / (math.sqrt(2.0) * float(lipschitz))
 
 
+def lipsdp_bound(model, method: str = "lipsdp-neuron", **options) -> float:
+    """lipsdp's certified 2-norm bound of ``model``.
+
+    An lmi network is certified through its plain export (:func:`lmi.to_plain`, in the
+    model's dtype: the weights its forward uses); any other model goes to
+    :func:`lipsdp.estimate` as it is (torch models of the supported layers, deel-torchlip
+    and orthogonium models included).  ``options`` go to :func:`lipsdp.estimate`.
+    """
+    import lipsdp
+
+    from .export import to_plain
+    from .models import LipschitzMLP
+
+    plain = to_plain(model) if isinstance(model, LipschitzMLP) else model
+    return float(lipsdp.estimate(plain, method=method, **options).value)
+
+
+def tightest_bound(model, method: str = "lipsdp-neuron", **options) -> tuple[float, str]:
+    """``(L, source)``: the smaller of ``model.lipschitz_bound()`` and :func:`lipsdp_bound`.
+
+    ``source`` is ``"parameterization"`` or ``"lipsdp"``.  Both are certified upper bounds of
+    the same function, so the smaller one is too.
+    """
+    own = float(model.lipschitz_bound())
+    solved = lipsdp_bound(model, method, **options)
+    return (solved, "lipsdp") if solved < own else (own, "parameterization")
+
+
 @torch.no_grad()
 def certified_accuracy(model, X: torch.Tensor, y: torch.Tensor, eps, lipschitz: float | None = None,
-                       batch_size: int = 4096):
+                       batch_size: int = 4096, use_lipsdp: bool = False, lipsdp_method: str = "lipsdp-neuron"):
     """Fraction of points classified correctly with margin ``> sqrt(2) L eps``.
 
     Parameters
@@ -48,6 +83,9 @@ def certified_accuracy(model, X: torch.Tensor, y: torch.Tensor, eps, lipschitz: 
     eps : float or iterable of floats (``eps = 0`` gives the clean accuracy)
     lipschitz : float, optional
         Defaults to ``model.lipschitz_bound()``.
+    use_lipsdp : bool
+        Opt-in: use lipsdp's certified bound of the model where it is lower than
+        ``lipschitz`` (:func:`lipsdp_bound` with ``lipsdp_method``; one SDP solve).
 
     Returns
     -------
@@ -55,6 +93,8 @@ def certified_accuracy(model, X: torch.Tensor, y: torch.Tensor, eps, lipschitz: 
     """
     if lipschitz is None:
         lipschitz = float(model.lipschitz_bound())
+    if use_lipsdp:
+        lipschitz = min(float(lipschitz), lipsdp_bound(model, lipsdp_method))
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()

@@ -150,3 +150,10 @@ def test_lmi_models_stay_within_gamma_and_below_certified_bounds(parameterizatio
     passed = _passed(outcomes)
     assert len(passed) >= len(accepted), [o.detail for o in outcomes if o.status != fuzzing.PASSED]
     assert all(o.bound >= o.lower * (1 - fuzzing.REL_TOL) for o in passed)
+
+
+def test_seeds_that_failed_at_scale_now_pass():
+    """bench/fuzz.py --n 10000 found cvxpy's CVXOPT path raising a raw ZeroDivisionError (seed 897)."""
+    outcome = fuzzing.check_network_case(fuzzing.make_network_case(897, max_width=8, max_exact_neurons=8, entry=None,
+                                                                   solver="draw"))
+    assert outcome.status in ("passed", "typed_error"), outcome
