@@ -211,6 +211,11 @@ class UnknownActivationError(UnknownNameError):
     kind = "activation"
 
 
+def torch_type_names() -> list[str]:
+    """Fully qualified names of every torch type the registry reads."""
+    return sorted(_BY_TORCH_TYPE)
+
+
 def supported_torch_types() -> list[str]:
     """Short class names of the torch activation modules the registry reads (for messages)."""
     return sorted({t.rsplit(".", 1)[-1] for t in _BY_TORCH_TYPE})
@@ -328,7 +333,7 @@ class ProofNeeds:
         if isinstance(activation, act.Activation) or isinstance(activation, str):
             try:
                 rule = rule_from_spec(activation)
-            except InvalidActivationError as exc:
+            except (InvalidActivationError, UnknownNameError) as exc:
                 return False, str(exc)
             trainable = False
         else:
@@ -370,19 +375,12 @@ def read_hyperparameter(module: Any, attr: str, op: str, position: int) -> float
     value = getattr(module, attr, None)
     if value is not None and not callable(value):
         return float(value)
-    try:
-        code = module.code
-    except Exception:  # not TorchScript, or no code
-        code = None
-    if code is not None:
-        match = re.search(rf"torch\.{op}\(([^()]*)\)", code)
-        if match is not None:
-            args = [a.strip() for a in match.group(1).split(",")]
-            if len(args) > position:
-                try:
-                    return float(args[position])
-                except ValueError:
-                    pass
+    args = _traced_arguments(module, op)
+    if args is not None and len(args) > position:
+        try:
+            return float(args[position])
+        except ValueError:
+            pass
     raise UnreadableModule(f"cannot read its {attr!r} (torch.{op}); save the model with torch.jit.script")
 
 
@@ -390,9 +388,32 @@ def _no_parameters(module: Any) -> dict:
     return {}
 
 
-def _eval_only(module: Any) -> None:
-    if getattr(module, "training", False):
-        raise UnreadableModule("in training mode its output is random: call model.eval() first")
+def _traced_arguments(module: Any, op: str) -> list[str] | None:
+    """Arguments of ``torch.<op>(...)`` in a TorchScript module's code, as strings (None if absent)."""
+    try:
+        code = module.code
+    except Exception:  # not TorchScript, or no code
+        return None
+    match = re.search(rf"torch\.{op}\(([^()]*)\)", code)
+    return None if match is None else [a.strip() for a in match.group(1).split(",")]
+
+
+def in_training_mode(module: Any, op: str, position: int) -> bool:
+    """True when ``module`` computes its training-mode function.
+
+    ``module.training`` for eager and scripted modules; a traced module keeps the flag it
+    was traced with as a constant of its code (argument ``position`` of ``torch.<op>``),
+    whatever ``.eval()`` says afterwards.
+    """
+    args = _traced_arguments(module, op)
+    traced = args is not None and len(args) > position and args[position] == "True"
+    return bool(getattr(module, "training", False)) or traced
+
+
+def _eval_only(module: Any, op: str, position: int) -> None:
+    if in_training_mode(module, op, position):
+        raise UnreadableModule("in training mode its output is random: call model.eval() first "
+                               "(and trace it again after eval(): tracing records the mode)")
 
 
 def _torch_nn(name: str) -> str:
@@ -468,10 +489,14 @@ def _softplus(beta, threshold):
         raise InvalidActivationError(f"softplus: beta must be positive and finite and threshold finite, got {b}, {t}")
     jump = softplus_jump(b, t)
     if jump > SOFTPLUS_MAX_JUMP:
+        # log(1 + e^{−t})/β ≤ J  ⇔  t ≥ −log(e^{βJ} − 1)
+        with np.errstate(over="ignore", divide="ignore"):  # an extreme beta has no useful hint: said below
+            smallest = -np.log(np.expm1(SOFTPLUS_MAX_JUMP * b))
+        hint = (f"use threshold >= {math.ceil(smallest):d} (jump <= {SOFTPLUS_MAX_JUMP:g})" if np.isfinite(smallest)
+                else "no threshold makes its jump negligible at this beta")
         raise InvalidActivationError(
             f"softplus(beta={b:g}, threshold={t:g}) is discontinuous: torch switches to x at beta*x = {t:g} with a "
-            f"jump of {jump:.3g}, so it has no finite Lipschitz constant; use threshold >= "
-            f"{math.ceil(-math.log(math.expm1(SOFTPLUS_MAX_JUMP * b))):d} (jump <= {SOFTPLUS_MAX_JUMP:g})"
+            f"jump of {jump:.3g}, so it has no finite Lipschitz constant; {hint}"
         )
 
     def f(v):
@@ -535,7 +560,7 @@ def _make_prelu(weight):
 
 
 def _rrelu_reader(module: Any) -> dict:
-    _eval_only(module)
+    _eval_only(module, "rrelu", 3)
     lower = read_hyperparameter(module, "lower", "rrelu", 1)
     upper = read_hyperparameter(module, "upper", "rrelu", 2)
     return {"negative_slope": 0.5 * (lower + upper)}  # eval mode: the fixed slope (l + u)/2

@@ -1,4 +1,4 @@
-"""Activation rules: one class per activation family, in a registry keyed by kind.
+"""Activation rules: one class per activation family (the mathematics; see the registry below).
 
 A rule knows three things about its activation ``φ: R^m → R^m``:
 

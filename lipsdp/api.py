@@ -35,7 +35,7 @@ def as_network(model: Any) -> Network:
     """A :class:`Network` from a Network, a torch module, or a path to a model file."""
     if isinstance(model, Network):
         return model
-    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
         from .io import load_network
 
         return load_network(model)
@@ -211,6 +211,8 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     if norm not in spec.norms:
         raise NotApplicableError(f"method {method!r} supports norms {spec.norms}, not {norm}")
     check_solver_name(solver)
+    if solver is not None and not spec.uses_solver:
+        raise InvalidOptionError(f"method {method!r} is a closed form and uses no solver; drop solver={solver!r}")
     _check_reduce(reduce)
     check_options(method, norm, solver, options)
     budget.check_max_memory(max_memory_gb)
@@ -264,7 +266,11 @@ def _bound_row(net: Network, name: str, norm, solver, options: dict, max_memory_
 
     start = time.perf_counter()
     if name == "lower":
-        value = _lower_function(norm)(net, **options.get("lower", {}))
+        lower_options = options.get("lower", {})
+        try:
+            value = _lower_function(norm)(net, **lower_options)
+        except TypeError as exc:  # an option value of the wrong type
+            raise InvalidOptionError(f"lower_options {lower_options}: {exc}") from exc
         value = float(getattr(value, "value", value))
         return _row("lower", value, value, "lower-bound", start)
     if name == "exact":
@@ -274,6 +280,7 @@ def _bound_row(net: Network, name: str, norm, solver, options: dict, max_memory_
 
         pb = exact_pattern_bound(net, progress=progress, **options.get("exact", {}))
         return _row("exact", pb.max_realizable, pb.max_all_patterns, "exact", start)
+    solver = solver if method_spec(name).uses_solver else None  # closed forms take no solver
     b = estimate(net, method=name, norm=norm, solver=solver, max_memory_gb=max_memory_gb)
     return dict(method=b.method, value=b.value, raw_value=b.raw_value, solver=b.solver, status=b.status,
                 solve_time=b.solve_time, certificate_margin=b.certificate_margin)
@@ -351,7 +358,8 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     pandas.DataFrame
         One row per method: ``method, norm, value, raw_value, solver, status,
         solve_time, certificate_margin, gap`` where ``gap`` is value / the best
-        lower bound in the table (``"lower"`` or ``"exact"``; NaN without one).
+        lower bound in the table (``"lower"`` or ``"exact"``; NaN without one);
+        ``table.attrs["assumptions"]`` is the model's :attr:`Network.assumptions`.
     """
     import time
 
@@ -385,6 +393,7 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     lower_rows = table[table["status"].isin(LOWER_STATUSES)]
     best_lower = lower_rows["value"].max() if len(lower_rows) else float("nan")
     table["gap"] = table["value"] / best_lower if best_lower and best_lower > 0 else float("nan")
+    table.attrs["assumptions"] = net.assumptions  # what every row assumed about the model (see Network.assumptions)
     return table if claimed is None else add_claim_columns(table, claimed)
 
 

@@ -18,13 +18,11 @@ work on top:
   PSD cone, about ``d⁴`` numbers;
 * ``firstorder``: a few dense ``d × d`` matrices.
 
-The constants (:data:`SOLVER_COSTS`) are fitted to the peak resident memory
-measured on ReLU chains (ipm: ``d`` = 264 … 3856; closed form and certificate:
-``d`` ≈ 2000; CVXOPT: ``d`` = 264 … 544; SCS: ``d`` = 216, 416; Clarabel:
-``d`` = 116) and rounded up, so an estimate errs on the large side; the times
-are rough (two cores) and only reported.  The LMI is taken as one block: the
-decoupled blocks of a MaxMin chain (which ``ipm`` solves one by one) are not
-credited.
+Contract: the constants (:data:`SOLVER_COSTS`) are upper estimates of each path's
+peak resident memory (fitted to measured peaks and rounded up), so an estimate
+errs on the large side; the times are rough and only reported, never used to
+refuse.  The LMI is taken as one block: the decoupled blocks of a MaxMin chain
+(which ``ipm`` solves one by one) are not credited.
 
 :func:`check_size` compares the estimate with a budget — a fraction of the
 memory available now (``/proc/meminfo`` and the cgroup limit, else psutil,
@@ -60,7 +58,7 @@ CERTIFY_SECONDS_PER_D3 = 1e-9
 
 
 def _ipm_cost(d: int, m: int) -> tuple[float, float]:
-    # iterates, lifts and factor Grams (≈ 60 d² in all with the floor), dense Schur complement and factor
+    # iterates, lifts and factor Grams, dense Schur complement and its factor
     return 44.0 * d * d + 2.0 * m * m, 1e-8 * d**3
 
 
@@ -87,14 +85,6 @@ def _clarabel_cost(d: int, m: int) -> tuple[float, float]:
 #: MOSEK is not measured here and is assumed to need what CVXOPT needs.
 SOLVER_COSTS = {"ipm": _ipm_cost, "firstorder": _firstorder_cost, "cvxopt": _cvxopt_cost, "mosek": _cvxopt_cost,
                 "scs": _scs_cost, "clarabel": _clarabel_cost}
-
-
-#: methods whose multipliers come from a closed form (no solver)
-CLOSED_FORM_METHODS = frozenset({"eclipse-fast"})
-#: methods that solve the LipSDP program on the signal graph (``rr`` rewrites MaxMin to ReLU first,
-#: which keeps every group's width)
-_LIPSDP_GRANULARITY = {"lipsdp-neuron": "neuron", "lipsdp-layer": "layer", "lipsdp-rr": "neuron",
-                       "lipsdp-neuron-layerwise": "neuron", "eclipse-fast": "neuron"}
 
 
 @dataclass(frozen=True)
@@ -197,11 +187,6 @@ def _program_cost(d: int, m: int, back_end: str) -> tuple[float, float]:
     return _FLOAT * floor, seconds
 
 
-def _has_zero_weight(net: Network) -> bool:
-    """The SDP pipeline answers 0 at once for a feed-forward chain with a zero weight matrix."""
-    return net.is_feedforward and any(not np.any(w) for w in net.weights)
-
-
 def _chunks(net: Network, split: int) -> list[tuple[int, list[int], bool]]:
     """``(input width, hidden widths, has a zero weight)`` of each multi-layer chunk of ``split`` layers."""
     ws = net.weights
@@ -221,14 +206,17 @@ def estimate_cost(net: Network, method: str, norm=2, solver: str | None = None,
     a chain with a zero weight matrix (the pipeline answers 0 without an SDP).
     """
     options = options or {}
-    granularity = _LIPSDP_GRANULARITY.get(method)
+    from .methods import has_zero_layer, method_spec
+
+    spec = method_spec(method)
+    granularity = spec.multipliers
     if granularity is None:
         return None
     split = options.get("split")
     if norm == 2 and split is not None and net.is_feedforward:
         programs = [(n_in, widths) for n_in, widths, zero in _chunks(net, int(split)) if not zero]
         repeats = 1
-    elif _has_zero_weight(net):  # ℓ∞ normalises every chain, so it shortcuts too
+    elif has_zero_layer(net):  # ℓ∞ normalises every chain, so it shortcuts too
         return None
     else:
         programs = [(net.input_dim, group_widths(net))]
@@ -239,7 +227,7 @@ def estimate_cost(net: Network, method: str, norm=2, solver: str | None = None,
         return None
     sizes = [_program_size(n_in, widths, granularity, norm) for n_in, widths in programs]
     d, m = max(sizes)
-    back_end, label = ("", "closed-form") if method in CLOSED_FORM_METHODS else _back_end(solver, d, m)
+    back_end, label = _back_end(solver, d, m) if spec.uses_solver else ("", "closed-form")
     costs = [_program_cost(dd, mm, back_end) for dd, mm in sizes]
     memory = max(c[0] for c in costs)
     seconds = repeats * sum(c[1] for c in costs)

@@ -306,7 +306,7 @@ def spectral_norm_bound(w: np.ndarray) -> tuple[float, int]:
     Raises
     ------
     CertificationError
-        If no ``t`` up to ``λ̃ (1 + 1e-3)`` can be proved (non-finite data).
+        If no ``t`` up to ``λ̃ (1 + 1e-3)`` can be proved (the eigenvalue estimate ``λ̃`` was too low).
     """
     w = np.asarray(w, dtype=float)
     if w.size == 0 or not np.any(w):

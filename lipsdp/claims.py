@@ -13,13 +13,12 @@ layer (float64 SVD) and the Lipschitz constant of every activation, with the sha
 each layer contributes to the product's excess over γ.  These factors explain the
 bound; they are not the certificate (the certified bound is).
 
-:func:`add_cli` adds the ``lipsdp check-claim`` command to the command line's parser and
-:func:`add_claim_columns` adds a claim's columns to a :func:`lipsdp.compare` table.
+:func:`add_claim_columns` adds a claim's columns to a :func:`lipsdp.compare` table
+(``lipsdp check-claim`` on the command line runs :func:`check_claim`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -204,11 +203,21 @@ def check_gamma(gamma: Any) -> float:
     return value
 
 
+#: relative margin a lower bound must clear to refute a claim: it is a float64 Jacobian norm, whose
+#: rounding can put a claim that is exactly right (orthogonal weights, γ = 1) a few ulps below it
+REFUTE_MARGIN = 1e-9
+
+
+def refutes(lower: float, claimed: float) -> bool:
+    """True when the lower bound exceeds the claim by more than its rounding (:data:`REFUTE_MARGIN`)."""
+    return math.isfinite(lower) and lower > claimed * (1.0 + REFUTE_MARGIN)
+
+
 def verdict(claimed: float, certified: float, lower: float) -> str:
-    """``"holds"`` (certified ≤ claimed), ``"refuted"`` (lower > claimed) or ``"not proved"``."""
+    """``"holds"`` (certified ≤ claimed), ``"refuted"`` (lower > claimed beyond rounding) or ``"not proved"``."""
     if certified <= claimed:
         return "holds"
-    if math.isfinite(lower) and lower > claimed:
+    if refutes(lower, claimed):
         return "refuted"
     return "not proved"
 
@@ -253,6 +262,9 @@ def check_claim(model: Any, gamma: float, method: str = "lipsdp-neuron", *, lowe
     if lower_options is not None and not isinstance(lower_options, dict):
         raise InvalidOptionError(f"lower_options must be a dict of keyword options, got {lower_options!r}")
     net = as_network(model)
+    if estimate_options.get("norm", 2) not in (2, "2", "l2"):
+        raise InvalidOptionError("check_claim checks an ℓ2 claim (its lower bound and layer factors are ℓ2); "
+                                 "for ℓ∞ use lipsdp.compare(model, norm='inf', claimed=gamma)")
     bound = estimate(net, method=method, **estimate_options)
     certified = float(bound.value)
     found = float("nan")
@@ -279,7 +291,7 @@ def add_claim_columns(table, gamma: float):
         if not np.isfinite(value):
             return ""
         if row["status"] in LOWER_STATUSES:
-            return "refuted" if value > claimed else "consistent"
+            return "refuted" if refutes(value, claimed) else "consistent"
         return "holds" if value <= claimed else "not proved"
 
     out["claimed"] = claimed

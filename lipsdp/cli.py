@@ -195,7 +195,7 @@ def _upper_bound_record(net, args: argparse.Namespace) -> tuple[dict, list]:
     options = {k: v for k, v in (("method", args.method), ("solver", args.solver)) if v is not None}
     bound = lipsdp.estimate(net, norm=args.norm, max_memory_gb=args.max_memory_gb, **options)
     record = {name: _jsonable(getattr(bound, name, None)) for name in _RESULT_FIELDS}
-    return record, list(getattr(bound, "assumptions", ()) or net.assumptions or ())
+    return record, list(getattr(bound, "assumptions", ()))  # estimate already merges the network's
 
 
 def _other_record(net, args: argparse.Namespace) -> tuple[dict, list]:

@@ -476,13 +476,16 @@ def damped_fixed_point(step: Callable[[Any], Any], z: Any, max_iter: int, tol: f
     if 0 in z.shape:
         return z
     gap = math.inf
-    for _ in range(max_iter):
-        z_new = step(z)
+    for k in range(max_iter):
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging iteration is refused below, not warned about
+            z_new = step(z)
+        if k == 0 and not np.all(np.isfinite(z_new)):  # NaN inputs propagate, as through any layer
+            return z_new
         gap = float(abs(z_new - z).max()) / (1.0 + float(abs(z_new).max()))
         if gap <= tol:
             return z_new
         z = 0.5 * z + 0.5 * z_new
-    if not gap > accept:  # NaN inputs propagate, as through any layer
+    if gap <= accept:  # a NaN gap (the iterates diverged) is refused below
         return z
     raise IllPosedError(
         f"{reason.rstrip('.')}. The damped equilibrium iteration z ← ½z + ½φ(Wz + Ux + b) did not converge either "

@@ -50,7 +50,10 @@ def plot_bound_ratios(upper, reference, *, title: str, reference_label: str, ref
 
     reference = reference.reindex(upper.index)
     if not (reference > 0).all():
-        raise ValueError(f"every network needs a positive reference bound, got {reference.to_dict()}")
+        from .errors import NotApplicableError
+
+        raise NotApplicableError(f"no figure: every network needs a positive reference bound (a lower bound or a "
+                                 f"certified upper bound), got {reference.to_dict()}")
     ratios = upper.div(reference, axis=0)
     n_nets, n_methods = ratios.shape
     width = 0.8 / max(1, n_methods)

@@ -55,9 +55,6 @@ import scipy.sparse as sp
 from .errors import LipSDPError, SolverFailedError
 from .sdp import SDP
 
-#: automatic choice: only LMIs larger than this (the interior-point solver keeps the smaller ones)
-MIN_AUTO_SIZE = 2000
-
 
 class _Chain:
     """The chain structure of a one-block ℓ2 LipSDP (raises ValueError when it is not one)."""
@@ -306,7 +303,7 @@ def greedy_start(chain: _Chain, delta: float = 1e-3, slack: float = 1e-6) -> tup
 def solve_firstorder(sdp: SDP, time_limit: float = 240.0, max_iters: int = 100000, lr: float = 0.05,
                      rel_tol: float = 1e-6, patience: int = 20, n_eig: int = 8, smooth: float = 0.03,
                      smooth_min: float = 1e-4,
-                     y0: np.ndarray | None = None, verbose: bool = False, **_ignored):
+                     y0: np.ndarray | None = None, verbose: bool = False):
     """The ``"firstorder"`` back end (see the module docstring).
 
     Raises
@@ -434,13 +431,6 @@ def _descend(chain: _Chain, start: float, time_limit, max_iters, lr, rel_tol, pa
 
 def _available() -> str | None:
     return None
-
-
-def applies(sdp: SDP) -> bool:
-    """One-block ℓ2 LipSDP on a feed-forward chain with an LMI larger than :data:`MIN_AUTO_SIZE`."""
-    if sdp.size <= MIN_AUTO_SIZE:
-        return False
-    return applies_to_structure(sdp)
 
 
 def applies_to_structure(sdp: SDP) -> bool:

@@ -42,18 +42,14 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         ``"neuron"`` (LipSDP-Neuron: one multiplier per neuron or group) or
         ``"layer"`` (LipSDP-Layer: one per activation layer).
     """
-    fixed = fixed_slope_masks(graph)
-    graph = restrict_to_invariants(graph, fixed_slopes=True)
+    graph, bases = restricted_qc_bases(graph, granularity)
     d, n0 = graph.dim, graph.input_dim
     terms = [QuadTerm(selector(n0, d, 0), identity_basis(n0), np.array([0]), +1.0)]
     var_layer = [0]
     groups = {"rho": slice(0, 1)}
     nonneg = [True]
     n_vars = 1
-    for k, (group, mask) in enumerate(zip(graph.groups, fixed), start=1):
-        basis = group.activation.qc_basis(group.width, granularity)
-        if mask is not None:
-            basis = _without_neurons(basis, mask)
+    for k, (group, basis) in enumerate(zip(graph.groups, bases), start=1):
         groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
         if basis.size == 0:  # every neuron of the group has a fixed slope: nothing to multiply
             continue
@@ -70,6 +66,23 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         n_vars, c, [block], np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
         {"formulation": f"lipsdp-{granularity}", "norm": 2},
     )
+
+
+def restricted_qc_bases(graph: SignalGraph, granularity: str) -> tuple[SignalGraph, list[QCBasis]]:
+    """``graph`` restricted to its invariant subspace, and each group's QC basis there.
+
+    Shared by the ℓ2 and ℓ∞ programs: groups that ask for it (``cross_terms="exact"``)
+    and fixed-slope neurons are restricted (:func:`restrict_to_invariants`), and a
+    fixed-slope neuron's multiplier is dropped (its QC vanishes on that subspace); a
+    basis may then be empty.
+    """
+    fixed = fixed_slope_masks(graph)
+    graph = restrict_to_invariants(graph, fixed_slopes=True)
+    bases = []
+    for group, mask in zip(graph.groups, fixed):
+        basis = group.activation.qc_basis(group.width, granularity)
+        bases.append(basis if mask is None else _without_neurons(basis, mask))
+    return graph, bases
 
 
 def _without_neurons(basis: QCBasis, drop: np.ndarray) -> QCBasis:

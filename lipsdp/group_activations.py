@@ -369,19 +369,6 @@ def maxmin(grouping: str = "consecutive", cross_terms: str | bool = "none") -> G
     return GroupSort(2, grouping, True, cross_terms)
 
 
-def groupsort(group_size: int = 2, grouping: str = "consecutive", descending: bool = True,
-              cross_terms: str | bool = "none") -> GroupSort:
-    """GroupSort with group size ``group_size``."""
-    return GroupSort(group_size, grouping, descending, cross_terms)
-
-
-def householder(v, grouping: str = "consecutive", cross_terms: str | bool = "none") -> Householder:
-    """Householder activation with reflection vector ``v``."""
-    return Householder(np.asarray(v, float), grouping, cross_terms)
-
-
-
-
 def with_cross_terms(network, cross_terms: str | bool):
     """``network`` with every GroupSort/MaxMin/Householder rule set to ``cross_terms``.
 

@@ -313,7 +313,7 @@ def _load_npz(source: Path, activation: Any) -> Network:
 def _cells(value: Any, source: Path, key: str) -> list[np.ndarray]:
     arr = np.asarray(value)
     items = list(arr.ravel()) if arr.dtype == object else [arr]
-    mats = [np.asarray(x, dtype=float) for x in items]
+    mats = [np.asarray(x) for x in items]  # Network refuses complex or non-numeric entries (never cast away)
     if any(m.ndim != 2 for m in mats):
         raise ModelFileError(f"{source}: key {key!r} must be a cell array of 2-D matrices")
     return mats

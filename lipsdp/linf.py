@@ -57,12 +57,12 @@ def linf_sdp(graph: SignalGraph, c: np.ndarray, granularity: str = "neuron") -> 
 
     Variables: ``ρ`` (index 0), ``τ`` (``input_dim``, ≥ 0), then the QC
     multipliers of each activation group (named ``tau``, ``qc1``, …).  Groups
-    with ``cross_terms="exact"`` are restricted to their invariant subspace
-    first (:func:`lipsdp.formulations.restrict_to_invariants`).
+    with ``cross_terms="exact"`` and fixed-slope neurons are restricted to their
+    invariant subspace first, as for ℓ2 (:func:`lipsdp.formulations.restricted_qc_bases`).
     """
-    from .formulations import restrict_to_invariants
+    from .formulations import restricted_qc_bases
 
-    graph = restrict_to_invariants(graph)
+    graph, bases = restricted_qc_bases(graph, granularity)
     c = np.asarray(c, float).reshape(-1)
     if c.shape != (graph.output.shape[0],):
         raise ShapeMismatchError(f"output functional has length {c.size}, the network has {graph.output.shape[0]} outputs")
@@ -85,12 +85,13 @@ def linf_sdp(graph: SignalGraph, c: np.ndarray, granularity: str = "neuron") -> 
     nonneg = [True] + [True] * n0
     var_layer = [0] + [0] * n0
     n_vars = 1 + n0
-    for k, group in enumerate(graph.groups, start=1):
-        basis = group.activation.qc_basis(group.width, granularity)
+    for k, (group, basis) in enumerate(zip(graph.groups, bases), start=1):
+        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
+        if basis.size == 0:  # every neuron of the group has a fixed slope: nothing to multiply
+            continue
         lift = sp.hstack([sp.csr_matrix(group.lift(d)), sp.csr_matrix((2 * group.width, 1))]).tocsr()
         v = np.arange(n_vars, n_vars + basis.size)
         terms.append(QuadTerm(lift, basis.coefficients, v, -1.0))
-        groups[f"qc{k}"] = slice(n_vars, n_vars + basis.size)
         nonneg.extend(basis.nonneg.tolist())
         var_layer.extend([k] * basis.size)
         n_vars += basis.size
@@ -188,7 +189,7 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
         ``value`` = max over the requested functionals; ``details["per_row"]``
         maps each functional (``"i"`` or ``"i-j"``) to its certified bound.
     """
-    from .methods import LipschitzBound, as_float, power_of_two_rescaling
+    from .methods import LipschitzBound, as_float, power_of_two_rescaling, shifted
     from .solvers import solve
     from .wellposed import check_network_well_posed
 
@@ -237,7 +238,7 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
             retries += 1
             cert = certify(sdp_orig, y)
         what = f"the certified ℓ∞ bound of output {name}"
-        per_row[name] = as_float((cert.value, exponent), what, original.layers)
+        per_row[name] = as_float(shifted(cert.value, exponent), what, original.layers)
         raw_row[name] = float(np.ldexp(raw, exponent))
         margins.append(cert.margin)
         solver_names.add(result.solver)

@@ -511,8 +511,8 @@ def finite_difference_lower_bound(
 _MAX_NEURONS = 16
 _BATCH = 4096
 #: default refusal threshold of :func:`exact_pattern_bound` on :func:`region_bound`: the search solves
-#: about one LP per region and per pruned branch, so time grows with the regions (the limit keeps a
-#: default run to about a minute; pass ``max_regions=None`` to lift it)
+#: about one LP per region and per pruned branch, so time grows with the regions (pass
+#: ``max_regions=None`` to lift it)
 DEFAULT_MAX_REGIONS = 2**14
 
 

@@ -49,7 +49,8 @@ class LipschitzBound:
     raw_value
         What the solver (or closed form) reported before certification.
     method, solver, status
-        How it was obtained; ``status`` is ``"optimal"`` or ``"closed-form"``.
+        How it was obtained; ``status`` is ``"optimal"``, ``"closed-form"`` or ``"feasible"``
+        (a first-order answer, certified like any other).
     solve_time
         Wall-clock seconds for the whole estimate (reductions, solve, certification).
     certificate_margin
@@ -91,7 +92,9 @@ class MethodSpec:
 
     ``options`` maps each norm to the keyword options the method consumes itself (every other
     option goes to the solver; ``None``: not declared, passed on unchecked); ``uses_solver`` is
-    False for closed forms, which then take no solver options.
+    False for closed forms, which then take no solver options; ``multipliers`` is the
+    granularity (``"neuron"``/``"layer"``) of the LipSDP program the method builds, None when it
+    builds none (the size guard, :mod:`lipsdp.budget`, estimates that program).
     """
 
     name: str
@@ -100,6 +103,7 @@ class MethodSpec:
     norms: tuple = (2,)
     options: dict | None = None
     uses_solver: bool = True
+    multipliers: str | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -109,14 +113,14 @@ LIPSDP_OPTIONS = {2: ("split", "cross_terms"), np.inf: ("cross_terms", "output_r
 
 
 def register_method(name: str, description: str, norms: tuple = (2,), options: dict | None = None,
-                    uses_solver: bool = True):
+                    uses_solver: bool = True, multipliers: str | None = None):
     """Decorator registering ``fn(net, *, norm, solver, reduce, **options) -> LipschitzBound``.
 
     ``options``: per norm, the option names ``fn`` takes itself (see :class:`MethodSpec`).
     """
 
     def wrap(fn):
-        _METHODS[name] = MethodSpec(name, fn, description, norms, options, uses_solver)
+        _METHODS[name] = MethodSpec(name, fn, description, norms, options, uses_solver, multipliers)
         return fn
 
     return wrap
@@ -154,7 +158,7 @@ def _from_float(value: float) -> Scaled:
     return float(mantissa), int(e)
 
 
-def _shifted(value: float, exponent: int) -> Scaled:
+def shifted(value: float, exponent: int) -> Scaled:
     """``value · 2^exponent`` (exact)."""
     mantissa, e = _from_float(value)
     return mantissa, e + exponent
@@ -245,7 +249,8 @@ def _zero_bound(method: str, start: float, norm) -> LipschitzBound:
     return LipschitzBound(0.0, 0.0, method, "none", "closed-form", time.perf_counter() - start, 0.0, norm)
 
 
-def _has_zero_layer(net: Network) -> bool:
+def has_zero_layer(net: Network) -> bool:
+    """True for a feed-forward chain with an all-zero weight matrix (its constant is 0, no SDP needed)."""
     return net.is_feedforward and any(not np.any(w) for w in net.weights)
 
 
@@ -274,7 +279,7 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
         checked on a different (equivalent) formulation than the one solved.
     """
     start = time.perf_counter()
-    if _has_zero_layer(net):
+    if has_zero_layer(net):
         return _zero_bound(method, start, 2)
     # reductions, solve and certification of a small LMI run single-threaded and on reused heap memory
     with blas_threads(threads_for_size(_size_hint(net))), heap_reuse():
@@ -412,7 +417,7 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
         cert, raw, solver_name, status, solver_time, extra = _certify_closed_form(attempt, sdp_red, sdp_orig)
     else:
         cert, raw, solver_name, status, solver_time, extra = _certify_solution(attempt, sdp_red, sdp_orig)
-    value = as_float(_shifted(cert.value, exponent), f"the certified {method} bound", original.layers)
+    value = as_float(shifted(cert.value, exponent), f"the certified {method} bound", original.layers)
     return LipschitzBound(
         value, float(np.ldexp(raw, exponent)), method, solver_name, status, time.perf_counter() - start,
         cert.margin, 2,
@@ -491,7 +496,7 @@ def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None,
     if norm != 2:
         from .linf import lipsdp_linf
 
-        return lipsdp_linf(net, granularity, method, solver=solver, **options)
+        return lipsdp_linf(net, granularity, method, solver=solver, reduce=reduce, **options)
     if split is not None:
         return _split(net, granularity, method, int(split), solver=solver, reduce=reduce, **options)
     build = _graph_builder(granularity)
@@ -499,13 +504,13 @@ def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None,
 
 
 @register_method("lipsdp-neuron", "LipSDP with one multiplier per neuron (Fazlyab et al. 2019); split=k for chunks",
-                 norms=(2, np.inf), options=LIPSDP_OPTIONS)
+                 norms=(2, np.inf), options=LIPSDP_OPTIONS, multipliers="neuron")
 def _lipsdp_neuron(net: Network, *, norm=2, solver=None, reduce=True, **options):
     return _lipsdp(net, "neuron", "lipsdp-neuron", norm=norm, solver=solver, reduce=reduce, **options)
 
 
 @register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer", norms=(2, np.inf),
-                 options=LIPSDP_OPTIONS)
+                 options=LIPSDP_OPTIONS, multipliers="layer")
 def _lipsdp_layer(net: Network, *, norm=2, solver=None, reduce=True, **options):
     return _lipsdp(net, "layer", "lipsdp-layer", norm=norm, solver=solver, reduce=reduce, **options)
 
@@ -543,7 +548,7 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
 
 
 @register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2",
-                 options={2: ()})
+                 options={2: ()}, multipliers="neuron")
 def _lipsdp_layerwise(net: Network, *, norm=2, solver=None, reduce=True, **options):
     net._require_feedforward("lipsdp-neuron-layerwise")
     fixed = [k for k, (w, a) in enumerate(zip(net.weights, net.activations), start=1)
@@ -654,7 +659,7 @@ def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndar
 
 
 @register_method("eclipse-fast", "ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form feasible point, certified",
-                 options={2: ()}, uses_solver=False)
+                 options={2: ()}, uses_solver=False, multipliers="neuron")
 def _eclipse_fast(net: Network, *, norm=2, solver=None, reduce=True, **options):
     """ECLipsE-Fast's closed-form point (:func:`eclipse_fast_multipliers`), certified like every SDP method.
 

@@ -244,7 +244,10 @@ def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int 
                 first = width
             cur = width
         else:
-            raise TypeError(f"not a lipsdp layer: {layer!r}")
+            from .errors import UnsupportedLayerError
+
+            raise UnsupportedLayerError([(where, f"{type(layer).__name__} is not a lipsdp layer (Affine, "
+                                                 "ActivationLayer, Residual, Implicit)")])
     return (first if in_dim is None else in_dim), cur
 
 
@@ -337,6 +340,8 @@ class Network:
         if not weights:
             raise ShapeMismatchError("from_weights needs at least one weight matrix")
         biases = [None] * len(weights) if biases is None else list(biases)
+        if names is not None and len(names) != len(weights):
+            raise ShapeMismatchError(f"{len(weights)} weight matrices but {len(names)} names")
         if len(biases) != len(weights):
             raise ShapeMismatchError(f"{len(weights)} weight matrices but {len(biases)} bias vectors")
         n_hidden = len(weights) - 1

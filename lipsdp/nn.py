@@ -107,8 +107,6 @@ class Householder(nn.Module):
 class Residual(nn.Module):
     """``x ↦ x + branch(x)`` (the branch must preserve the width), e.g. ``Residual(nn.Sequential(nn.Linear(n, n), MaxMin()))``."""
 
-    lipsdp_kind = "residual"
-
     def __init__(self, branch: nn.Module):
         super().__init__()
         self.branch = branch
@@ -149,8 +147,6 @@ class Implicit(nn.Module):
         relative to ``1 +`` the size of the iterate (for the damped iteration:
         its last relative step).
     """
-
-    lipsdp_kind = "implicit"
 
     def __init__(self, in_features: int, width: int, out_features: int | None = None, activation: nn.Module | None = None,
                  scale: float = 0.5, max_iter: int = 500, tol: float = 1e-10):

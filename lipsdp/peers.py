@@ -45,6 +45,7 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+from scipy.special import expit
 
 from . import activation_registry as registry
 from .activation_registry import UnreadableModule
@@ -183,7 +184,9 @@ def _lprelu_width(module: Any) -> int:
 
 def _householder(module: Any) -> dict:
     theta = _np(_attribute(module, "theta")).reshape(-1)
-    if theta.size == 0 or not np.all(theta == theta[0]):
+    if theta.size == 0:
+        raise UnreadableModule("it has no reflection angle")
+    if not np.all(theta == theta[0]):
         raise UnreadableModule(f"its {theta.size} pairs have different angles (from {theta.min():.4g} to "
                                f"{theta.max():.4g}); lipsdp's Householder rule has one reflection vector per layer")
     half = 0.5 * float(theta[0])
@@ -306,7 +309,7 @@ def _alpha(module: Any) -> float:
 def _additive_residual(module: Any, path: str) -> list:
     """``α x + (1−α) fn(x)`` = ``α (x + ((1−α)/α) fn(x))`` with ``α = sigmoid(alpha)`` ∈ (0, 1)."""
     branch = convert_module(module.fn, child_path(path, "fn"))
-    alpha = 1.0 / (1.0 + math.exp(-_alpha(module)))
+    alpha = float(expit(_alpha(module)))  # sigmoid without overflow
     if not 0.0 < alpha < 1.0:
         raise Unsupported(f"its mixing weight sigmoid(alpha) = {alpha} rounds to 0 or 1 in float64")
 

@@ -91,7 +91,7 @@ def residual_relu_network(net: Network) -> Network:
 
 
 @register_method("lipsdp-rr", "baseline: MaxMin rewritten as residual ReLU, then LipSDP-Neuron (Pauli et al. 2024)",
-                 norms=(2, np.inf), options=LIPSDP_OPTIONS)
+                 norms=(2, np.inf), options=LIPSDP_OPTIONS, multipliers="neuron")
 def _lipsdp_rr(net: Network, *, norm=2, solver=None, reduce=True, **options):
     bound = _lipsdp(residual_relu_network(net), "neuron", "lipsdp-rr", norm=norm, solver=solver, reduce=reduce,
                     **options)

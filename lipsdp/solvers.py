@@ -387,6 +387,16 @@ def resolve_solver(name: str | None, sdp: SDP | None = None) -> SolverSpec:
     return spec
 
 
+def _run(spec: SolverSpec, sdp: SDP, options: dict) -> SolveResult:
+    """``spec.solve(sdp, **options)``; an option value of the wrong type is the caller's error, typed as such."""
+    try:
+        return spec.solve(sdp, **options)
+    except TypeError as exc:
+        if not options:
+            raise
+        raise InvalidOptionError(f"solver {spec.name!r} could not use the options {sorted(options)}: {exc}") from exc
+
+
 def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
     """Solve ``sdp`` with the named back end, or with the automatic choice.
 
@@ -398,13 +408,13 @@ def solve(sdp: SDP, solver: str | None = None, **options) -> SolveResult:
     if solver is not None and solver != "auto":
         spec = resolve_solver(solver, sdp)
         check_solver_options(spec, options)
-        return spec.solve(sdp, **options)
+        return _run(spec, sdp, options)
     failures = []
     # solver-specific options belong to the first choice only: no hand-over when options are given
     for spec in itertools.islice(_automatic_candidates(sdp), 1 if options else 2):
         check_solver_options(spec, options, chosen=True)
         try:
-            result = spec.solve(sdp, **options)
+            result = _run(spec, sdp, options)
         except SolverFailedError as exc:
             failures.append(f"{spec.name}: {exc}")
             last = exc

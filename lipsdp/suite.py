@@ -109,9 +109,6 @@ def _with_gaps(frame):
     return frame
 
 
-#: the figure's axis is linear while every ratio is at most this, else logarithmic
-
-
 def relative_bounds(frame):
     """Each upper bound divided by the best lower bound of its network: what the figure shows.
 

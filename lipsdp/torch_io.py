@@ -116,7 +116,7 @@ def _collecting_notes() -> Iterator[list]:
 
 def torch_converters() -> list[str]:
     """Qualified type names that :func:`network_from_torch` converts (activations included)."""
-    return sorted(set(_CONVERTERS) | set(registry._BY_TORCH_TYPE))
+    return sorted(set(_CONVERTERS) | set(registry.torch_type_names()))
 
 
 def supported_modules() -> str:
@@ -166,9 +166,20 @@ def type_name(module: Any) -> str:
     return registry.qualified_type_name(module)
 
 
+def _has_hooks(module: Any) -> bool:
+    """True for an eager module with forward hooks, which may change its weights or output at call time."""
+    return not hasattr(module, "_c") and bool(getattr(module, "_forward_pre_hooks", None)
+                                              or getattr(module, "_forward_hooks", None))
+
+
 def _walk(module: Any, path: str, layers: list, unsupported: list) -> None:
     qualified = type_name(module)
     kind = module_type_name(module)
+    if _has_hooks(module):  # e.g. torch.nn.utils.spectral_norm recomputes .weight in a pre-forward hook
+        unsupported.append((path, f"{kind} (it has forward hooks, which may change its weight or output when "
+                                  "called, e.g. torch.nn.utils.spectral_norm/weight_norm: use "
+                                  "torch.nn.utils.parametrizations instead, or remove the hooks)"))
+        return
     if qualified in _CONTAINERS:
         for name, child in module.named_children():
             _walk(child, child_path(path, name), layers, unsupported)
@@ -260,7 +271,11 @@ def resolve_width_dependent(layers: list, width: int | None = None) -> tuple[lis
                 reason = ("its layers depend on the width of its input, which no earlier layer fixes: "
                           "put a Linear layer before it")
                 raise UnsupportedLayerError([(layer.name, reason)], supported_modules())
-            built, width = resolve_width_dependent(layer.build(width), width)
+            try:
+                built = layer.build(width)
+            except (Unsupported, registry.UnreadableModule) as exc:
+                raise UnsupportedLayerError([(layer.name, str(exc))], supported_modules()) from None
+            built, width = resolve_width_dependent(built, width)
             out.extend(built)
             continue
         if isinstance(layer, Residual):
@@ -323,15 +338,16 @@ def _skip(module: Any, path: str) -> list:
 
 
 def _dropout(module: Any, path: str) -> list:
-    if getattr(module, "training", False):
+    if registry.in_training_mode(module, "dropout", 2):
         raise Unsupported("in training mode it drops units at random: call model.eval() before converting")
     return []
 
 
 def _batchnorm(module: Any, path: str) -> list:
     """Eval-mode BatchNorm1d as ``Affine(diag(s), t)``, ``s = γ/√(σ²+ε)``, ``t = β − μ s``."""
-    if getattr(module, "training", False):
-        raise Unsupported("in training mode: call model.eval() before converting")
+    if registry.in_training_mode(module, "batch_norm", 5):
+        raise Unsupported("in training mode it normalises by batch statistics: call model.eval() before converting "
+                          "(and trace it again after eval(): tracing records the mode)")
     mean, var = _tensor(module, "running_mean"), _tensor(module, "running_var")
     if mean is None or var is None:
         raise Unsupported("without running statistics (track_running_stats=False)")

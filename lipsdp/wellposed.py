@@ -40,9 +40,9 @@ from .network import Implicit, Network, Residual
 _CACHE: "OrderedDict[bytes, np.ndarray | str]" = OrderedDict()
 _CACHE_SIZE = 256
 
-#: SDP solvers tried in turn, and whether their "infeasible" ends the search: SCS (first order) is
-#: much faster on these feasibility problems than the interior-point solvers (Clarabel slowest);
-#: every multiplier is verified in float64 whoever found it, and a first-order "infeasible" is no proof
+#: SDP solvers tried in turn, and whether their "infeasible" ends the search: the first-order SCS first
+#: (cheapest on these feasibility problems); every multiplier is verified in float64 whoever found it,
+#: and a first-order "infeasible" is no proof
 _SOLVERS = (("SCS", False), ("CVXOPT", True), ("CLARABEL", True))
 
 _CONDITIONS = {

@@ -38,8 +38,10 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float) -> torch.Tensor:
     """Certified 2-norm radius ``max(margin, 0) / (sqrt(2) L)`` per example (0 if misclassified)."""
-    if not lipschitz > 0:
-        raise ValueError("lipschitz must be positive")
+    if not (lipschitz > 0 and math.isfinite(lipschitz)):
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"lipschitz must be a positive finite number, got {lipschitz!r}")
     return margins(logits.detach(), labels).clamp_min(0.0) / (math.sqrt(2.0) * float(lipschitz))
 
 
@@ -47,7 +49,8 @@ def lipsdp_bound(model, method: str = "lipsdp-neuron", **options) -> float:
     """lipsdp's certified 2-norm bound of ``model``.
 
     An lmi network is certified through its plain export (:func:`lmi.to_plain`, in the
-    model's dtype: the weights its forward uses); any other model goes to
+    model's dtype; for sandwich and SLL the forward computes the factored form, which
+    equals the export up to rounding); any other model goes to
     :func:`lipsdp.estimate` as it is (torch models of the supported layers, deel-torchlip
     and orthogonium models included).  ``options`` go to :func:`lipsdp.estimate`.
     """

@@ -93,7 +93,7 @@ def positive_int(value, name: str) -> int:
 def positive_float(value, name: str, why: str) -> float:
     """``value`` as a float, refused (:class:`InvalidArgumentError`) unless it is positive and finite."""
     try:
-        x = float(value)
+        x = math.nan if isinstance(value, bool) else float(value)  # True is not a number here
     except (TypeError, ValueError):
         x = math.nan
     if not (x > 0 and math.isfinite(x)):

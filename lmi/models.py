@@ -173,7 +173,6 @@ class LipschitzMLP(ActivationOwner, CachedWeights):
     """
 
     parameterization = "base"
-    network_level = True
     activation_needs = SLOPE_IN_0_1
     certificate_matrix = staticmethod(LF.lipsdp_matrix)
 
@@ -190,7 +189,6 @@ class LipschitzMLP(ActivationOwner, CachedWeights):
             self.log_gamma = nn.Parameter(log_g)
         else:
             self.register_buffer("log_gamma", log_g)
-        self._fk = fk
 
     def _owner_name(self) -> str:
         return f"parameterization {self.parameterization!r}"
@@ -430,7 +428,6 @@ class _LayerwiseNet(LipschitzMLP):
     satisfies the block-diagonal LMI of :func:`lmi.functional.layerwise_matrix`.
     """
 
-    network_level = False
     layer_cls: type = AOLLinear
     activation_needs = ONE_LIPSCHITZ
     certificate_matrix = staticmethod(LF.layerwise_matrix)
@@ -498,7 +495,6 @@ class SLLNet(LipschitzMLP):
     quadratic constraint with the diagonal multiplier ``2 T^{-1}``.
     """
 
-    network_level = False
     activation_needs = SLOPE_IN_0_1
 
     def __init__(self, dims, gamma=1.0, activation=None, learn_gamma=False, dtype=None, device=None):

@@ -248,3 +248,18 @@ def test_linf_bounds_of_extreme_weight_scales_scale_with_them(scale):
     base = lipsdp.estimate(lipsdp.Network.from_weights([w1, w2], activation="relu"), norm="inf").value
     scaled = lipsdp.estimate(lipsdp.Network.from_weights([scale * w1, w2], activation="relu"), norm="inf").value
     assert scaled == pytest.approx(scale * base, rel=1e-9)
+
+
+def test_linf_fixed_slope_neurons_get_no_free_multiplier():
+    """ℓ∞ kept a free multiplier for a neuron of slope 1 (PReLU weight 1): the solvers stalled."""
+    torch = pytest.importorskip("torch")
+    from lipsdp.linf import linf_lower_bound
+
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(6)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([1.0, 0.1, 1.0, 0.3, 0.2, 1.0]))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), prelu, torch.nn.Linear(6, 6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 3)).double()
+    net = lipsdp.Network.from_torch(model)
+    assert lipsdp.estimate(net, norm="inf").value >= linf_lower_bound(net)

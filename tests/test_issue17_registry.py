@@ -297,3 +297,44 @@ def test_traced_leaky_relu_slope_is_read_from_the_code():
         traced = torch.jit.trace(nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.3), nn.Linear(2, 1)), torch.randn(1, 2))
     net = lipsdp.Network.from_torch(traced)  # the slope is a constant of the traced code
     assert "0.3" in net.summary()
+
+
+def test_traced_training_mode_is_refused_even_after_eval():
+    """torch.jit.trace records the training flag as a constant of the code: .eval() afterwards does not change it."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.RReLU(), nn.Linear(2, 2), nn.Dropout(0.5), nn.Linear(2, 2),
+                          nn.BatchNorm1d(2), nn.Linear(2, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model.train(), torch.randn(4, 2)).eval()
+    with pytest.raises(UnsupportedLayerError) as info:
+        lipsdp.Network.from_torch(traced)
+    assert [path for path, _ in info.value.unsupported] == ["1", "3", "5"]
+
+
+def test_hook_based_spectral_norm_is_refused():
+    """torch.nn.utils.spectral_norm recomputes .weight in a pre-forward hook: the stored weight can be stale."""
+    from torch.nn.utils import spectral_norm
+
+    with pytest.raises(UnsupportedLayerError, match="hooks"):
+        lipsdp.Network.from_torch(nn.Sequential(spectral_norm(nn.Linear(3, 3))).eval())
+
+
+def test_complex_mat_weights_are_refused(tmp_path):
+    import scipy.io
+
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0], cells[0, 1] = np.array([[1 + 3j, 0], [0, 1]]), np.eye(2)
+    scipy.io.savemat(tmp_path / "c.mat", {"weights": cells})
+    with pytest.raises(InvalidWeightsError, match="complex"):
+        load_network(tmp_path / "c.mat")
+
+
+@pytest.mark.parametrize("spec", ["softplus:1e-320", "softplus:1e9:-1e6"])
+def test_extreme_softplus_specs_are_typed_errors(spec):
+    with pytest.raises(InvalidActivationError, match="discontinuous|beta"):
+        registry.rule_from_spec(spec)
+
+
+def test_admits_answers_for_unknown_spec_names():
+    ok, reason = registry.SLOPE_IN_0_1.admits("foo")
+    assert not ok and "foo" in reason
