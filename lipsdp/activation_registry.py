@@ -480,7 +480,8 @@ def softplus_jump(beta: float, threshold: float) -> float:
     these differ by ``log(1 + e^{−t})/β``, which is also the largest difference between torch's
     function and the smooth softplus anywhere.
     """
-    return float(np.logaddexp(0.0, -threshold) / beta)
+    with np.errstate(over="ignore"):  # a subnormal beta gives an infinite jump: refused by the caller
+        return float(np.logaddexp(0.0, -threshold) / beta)
 
 
 def _softplus(beta, threshold):
