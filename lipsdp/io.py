@@ -21,7 +21,8 @@ Accepted formats (by extension):
     and a string array ``activation``: one spec (``"relu"``, ``"leaky_relu:0.2"``,
     ``"softplus:2"``, ``"maxmin"``…; :func:`lipsdp.activation_registry.activation_names`)
     or one per hidden layer.  Without that key the user must name the activation.
-    :func:`save_network_npz` writes this format.
+    :func:`save_network_npz` writes this format, with an ``assumptions`` string array
+    when the saved network's source had not said something (read back as stated).
 ``.mat``
     MATLAB file with key ``weights`` (a 1×k cell array of matrices, the format of the
     LipSDP repository, whose networks are ReLU) or ``W`` (the format of the MaxMin
@@ -296,7 +297,7 @@ def _load_npz(source: Path, activation: Any) -> Network:
         weights = [data[w_keys[i]] for i in order]
         biases = [data[b_keys[i]] for i in order] if b_keys else None
         names = [w_keys[i] for i in order]
-        stated: list[str] = []
+        stated: list[str] = [str(a) for a in np.atleast_1d(data["assumptions"])] if "assumptions" in keys else []
         if "activation" in keys:
             if activation is not None:
                 raise ModelFileError(f"{source}: the file names its activation ({list(np.atleast_1d(data['activation']))}); "
@@ -386,6 +387,8 @@ def save_network_npz(net: Network, path: str | os.PathLike) -> Path:
     for k, (w, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{k}"], arrays[f"b{k}"] = np.asarray(w), np.asarray(b)
     arrays["activation"] = np.array([activation_spec(a) for a in net.activations] or ["identity"])
+    if net.stated:  # what the network's source did not say stays said in the saved file
+        arrays["assumptions"] = np.array(net.stated)
     target = Path(path)
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as handle:

@@ -338,3 +338,13 @@ def test_extreme_softplus_specs_are_typed_errors(spec):
 def test_admits_answers_for_unknown_spec_names():
     ok, reason = registry.SLOPE_IN_0_1.admits("foo")
     assert not ok and "foo" in reason
+
+
+def test_saving_keeps_what_was_assumed(tmp_path):
+    """A user-named activation saved into .npz must not become a fact of the reloaded file."""
+    from lipsdp.io import save_network_npz
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    net = load_network(_save_state_dict(model, tmp_path / "s.pt"), activation="relu")
+    again = load_network(save_network_npz(net, tmp_path / "s.npz"))
+    assert again.assumptions == net.assumptions and again.assumptions
