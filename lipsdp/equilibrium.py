@@ -479,7 +479,7 @@ def damped_fixed_point(step: Callable[[Any], Any], z: Any, max_iter: int, tol: f
     for k in range(max_iter):
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging iteration is refused below, not warned about
             z_new = step(z)
-        if k == 0 and not np.all(np.isfinite(z_new)):  # NaN inputs propagate, as through any layer
+        if k == 0 and not math.isfinite(float(abs(z_new).max())):  # NaN inputs propagate (numpy or torch)
             return z_new
         gap = float(abs(z_new - z).max()) / (1.0 + float(abs(z_new).max()))
         if gap <= tol:
