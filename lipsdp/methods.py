@@ -649,7 +649,8 @@ def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndar
     sigma = extreme_eigenvalue(g @ la.solve(q, g.T, assume_a="pos"), largest=True)
     ell = 1.0 / max(sigma, 1e-300)
     if np.any(ab != 0):
-        res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
+        with np.errstate(invalid="ignore"):  # score is +inf where no step exists; Brent's parabola then gives NaN
+            res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
         if np.isfinite(res.fun) and res.fun < score(np.log(ell)):
             ell = float(np.exp(res.x))
     r = r_next(ell)
