@@ -84,12 +84,6 @@ class SignalGraph:
     implicit: bool = False
     basis: np.ndarray | None = None  # z = basis @ ζ for a graph restricted to invariants
 
-    @property
-    def input_selector(self) -> np.ndarray:
-        e = np.zeros((self.input_dim, self.dim))
-        e[:, : self.input_dim] = np.eye(self.input_dim)
-        return e
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Evaluate the network through the graph (explicit graphs only)."""
         if self.implicit or self.basis is not None:

@@ -100,9 +100,6 @@ _RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relat
 _START_X_SCALE = 0.3
 _START_Z_SCALE = 0.03
 
-# once a full dual step is taken the dual residual is only rounding: use Z = F(y) from then on
-_EXACT_DUAL = True
-
 # the early iterations run in float32 until the relative gap and infeasibilities are below this
 _SINGLE_PRECISION_UNTIL = 0.1
 
@@ -383,11 +380,7 @@ class _Block:
                 else:
                     np.add.at(out, g.cols, part)
             else:
-                contrib = matmul(g.D.T, part)
-                if isinstance(g.cols, slice):
-                    out[g.cols] += contrib
-                else:
-                    out[g.cols] += contrib  # cols unique (np.unique) so fancy += is safe
+                out[g.cols] += matmul(g.D.T, part)  # cols is a slice or unique (np.unique): fancy += is safe
         return out
 
     def lifted(self, y: np.ndarray, gy: np.ndarray | None = None) -> np.ndarray:
@@ -1146,8 +1139,9 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         fy = [f + ad * g for f, g in zip(fy, dzys)]
         # once dual feasible, Z was F(y) and both moved by α_d ΔZ_y: newz equals fy entry by entry
         Z = fy if dual_feasible else newz
-        if ad == 1.0 and not dual_feasible and _EXACT_DUAL:
-            dual_feasible = True  # Z = F(y) from now on (exactly, up to rounding)
+        if ad == 1.0 and not dual_feasible:
+            # after a full dual step the dual residual is only rounding: Z = F(y) from now on
+            dual_feasible = True
             Z = fy
             lz = None
         if n_l:

@@ -229,11 +229,3 @@ def selector(rows: int, dim: int, offset: int) -> sp.csr_matrix:
     """Sparse (rows × dim) matrix picking coordinates offset … offset+rows−1."""
     return sp.csr_matrix((np.ones(rows), (np.arange(rows), offset + np.arange(rows))), shape=(rows, dim))
 
-
-def symmetric_from_vector(vec_sym: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`symmetric_basis` coordinates: the symmetric matrix."""
-    out = np.zeros((n, n))
-    iu, ju = np.triu_indices(n)
-    out[iu, ju] = vec_sym
-    out[ju, iu] = vec_sym
-    return out

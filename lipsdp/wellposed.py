@@ -61,11 +61,6 @@ def _implicit_layers(layers):
             yield from _implicit_layers(layer.branch)
 
 
-def has_implicit(net: Network) -> bool:
-    """True if ``net`` contains an equilibrium layer (also inside residual branches)."""
-    return any(True for _ in _implicit_layers(net.layers))
-
-
 def check_network_well_posed(net: Network) -> None:
     """Run :func:`check_well_posed` on every implicit layer of ``net``."""
     for layer in _implicit_layers(net.layers):
