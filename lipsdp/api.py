@@ -148,15 +148,6 @@ def _solver_scope(method: str, norm, solver: str | None, own: Sequence[str]) -> 
     return accepted, accepted, f"method {method!r} (norm={_norm_label(norm)}) with solver {solver!r}", "accepted"
 
 
-def _with_assumptions(bound: LipschitzBound, net: Network) -> LipschitzBound:
-    """``bound`` carrying the network's assumptions (e.g. an activation the model file could not say)."""
-    extra = tuple(getattr(net, "assumptions", ()) or ())
-    if not extra or not dataclasses.is_dataclass(bound) or not hasattr(bound, "assumptions"):
-        return bound
-    merged = tuple(dict.fromkeys(tuple(bound.assumptions or ()) + extra))
-    return dataclasses.replace(bound, assumptions=merged)
-
-
 # ----------------------------------------------------------------------------- estimate
 def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | None = None, *,
              reduce: bool = True, max_memory_gb: float | None = None, **options) -> LipschitzBound:
@@ -219,7 +210,8 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     net = as_network(model)
     budget.check_size(net, method, norm, solver, options, max_memory_gb)
     bound = spec.run(net, norm=norm, solver=solver, reduce=reduce, **options)
-    return _with_assumptions(bound, net)
+    # what the model's source did not say (e.g. the activation of a state dict) is part of the answer
+    return dataclasses.replace(bound, assumptions=net.assumptions) if net.assumptions else bound
 
 
 # ----------------------------------------------------------------------------- compare

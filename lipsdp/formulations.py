@@ -274,9 +274,10 @@ def fixed_slope_neurons(activation, m: int) -> tuple[np.ndarray, np.ndarray] | N
     ``fixed`` is the boolean mask of those neurons and ``slope`` their exact
     slope (0 elsewhere): ``Δφ_i = slope_i · Δv_i`` for every pair of inputs.
     """
-    if not isinstance(activation, SlopeRestricted):
+    bounds = activation.slope_bounds(m)  # None for rules that are not slope-restricted
+    if bounds is None:
         return None
-    alpha, beta = activation.slope_bounds(m)
+    alpha, beta = bounds
     fixed = alpha == beta
     if not np.any(fixed):
         return None

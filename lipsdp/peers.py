@@ -74,7 +74,8 @@ def _np(tensor: Any) -> np.ndarray:
 
 
 def _attribute(module: Any, name: str) -> Any:
-    """An attribute of an eager or scripted module; traced modules keep none (refused with the reason)."""
+    """An attribute of an eager or scripted module, None included (deel's FullSort has no group size);
+    traced modules keep none (refused with the reason)."""
     if not hasattr(module, name):
         raise UnreadableModule(f"cannot read its {name!r} (a traced module keeps no attributes): save the model "
                                "with torch.jit.script instead")
@@ -231,7 +232,7 @@ def _deel_groupsort(module: Any, path: str) -> list:
         group = width if size is None or size > width else size  # deel sorts the whole layer then
         rule = registry.entry("groupsort").rule(group_size=group, grouping="consecutive", descending=False)
         layers = [ActivationLayer(rule, path)] + _scaling(k, width, path)
-        _require(module, layers, width, f"{k:g}·{rule.describe()} (ascending)")
+        require_same_output(module, layers, width, f"{k:g}·{rule.describe()} (ascending)")
         return layers
 
     return [WidthDependent(build, path)]
@@ -245,18 +246,10 @@ def _deel_maxmin(module: Any, path: str) -> list:
         split = np.vstack([np.eye(width), -np.eye(width)])  # cat(relu(x), relu(−x))
         layers = [Affine.create(split, None, f"{path}/[x;-x]"), ActivationLayer(registry.rule_from_spec("relu"), path)]
         layers += _scaling(k, 2 * width, path)
-        _require(module, layers, width, f"{k:g}·[relu(x); relu(-x)]")
+        require_same_output(module, layers, width, f"{k:g}·[relu(x); relu(-x)]")
         return layers
 
     return [WidthDependent(build, path)]
-
-
-def _require(module: Any, layers: list, width: int, what: str) -> None:
-    """:func:`require_same_output` for a converter (its refusal lists the module as unsupported)."""
-    try:
-        require_same_output(module, layers, width, what)
-    except UnreadableModule as exc:
-        raise Unsupported(str(exc)) from None
 
 
 def _scale_bias(module: Any, path: str) -> list:
