@@ -19,7 +19,7 @@ import numpy as np
 
 from . import budget
 from .errors import InvalidOptionError, LipSDPError, NotApplicableError, UnknownMethodError
-from .methods import LipschitzBound, method_spec, methods as registered_methods
+from .methods import LipschitzBound, method_spec, methods as registered_methods, run_method
 from .network import Network
 from .solvers import resolve_solver, solver_options, unknown_options_message
 
@@ -28,18 +28,23 @@ DEFAULT_COMPARE = ("naive", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lo
 COMPARE_EXTRAS = ("lower", "exact")
 
 #: estimate's own parameters, offered as corrections of a misspelt option
-_ESTIMATE_PARAMETERS = ("method", "norm", "solver", "reduce", "max_memory_gb")
+_ESTIMATE_PARAMETERS = ("method", "norm", "solver", "reduce", "max_memory_gb", "input_shape")
 
 
-def as_network(model: Any) -> Network:
-    """A :class:`Network` from a Network, a torch module, or a path to a model file."""
+def as_network(model: Any, input_shape: Any = None) -> Network:
+    """A :class:`Network` from a Network, a torch module, or a path to a model file.
+
+    ``input_shape`` (one input's shape without the batch axis, e.g. ``(1, 28, 28)``) is required
+    for models with convolutions or pooling (:class:`~lipsdp.errors.InputShapeRequiredError`
+    otherwise) and checked against the network when given.
+    """
+    from .io import check_input_shape, load_network
+
     if isinstance(model, Network):
-        return model
+        return check_input_shape(model, input_shape)
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from .io import load_network
-
-        return load_network(model)
-    return Network.from_torch(model)
+        return load_network(model, input_shape=input_shape)
+    return Network.from_torch(model, input_shape)
 
 
 def _parse_norm(norm) -> float:
@@ -150,7 +155,8 @@ def _solver_scope(method: str, norm, solver: str | None, own: Sequence[str]) -> 
 
 # ----------------------------------------------------------------------------- estimate
 def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | None = None, *,
-             reduce: bool = True, max_memory_gb: float | None = None, **options) -> LipschitzBound:
+             reduce: bool = True, max_memory_gb: float | None = None, input_shape: Any = None,
+             **options) -> LipschitzBound:
     """Certified upper bound on the Lipschitz constant of ``model``.
 
     Parameters
@@ -171,6 +177,9 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     max_memory_gb
         Memory budget in GiB for the SDP (default: a fraction of the memory
         available now; see :mod:`lipsdp.budget`).
+    input_shape
+        Shape of one input without the batch axis, e.g. ``(1, 28, 28)``: required for a
+        model with convolutions or pooling (docs/cnn.md says how each method treats them).
     **options
         Method options (LipSDP: ``split=k`` and ``cross_terms`` for norm 2;
         ``cross_terms``, ``output_row=i`` and ``rows=(i, j)`` for norm ``"inf"``)
@@ -207,9 +216,9 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     _check_reduce(reduce)
     check_options(method, norm, solver, options)
     budget.check_max_memory(max_memory_gb)
-    net = as_network(model)
+    net = as_network(model, input_shape)
     budget.check_size(net, method, norm, solver, options, max_memory_gb)
-    bound = spec.run(net, norm=norm, solver=solver, reduce=reduce, **options)
+    bound = run_method(spec, net, norm=norm, solver=solver, reduce=reduce, **options)
     # what the model's source did not say (e.g. the activation of a state dict) is part of the answer
     return dataclasses.replace(bound, assumptions=net.assumptions) if net.assumptions else bound
 
@@ -288,7 +297,7 @@ def _checked_row_options(norm, lower_options, exact_options) -> dict:
 
 def compare_row(model: Any, method: str, norm=2, solver: str | None = None, *, lower_options: dict | None = None,
                 exact_options: dict | None = None, max_memory_gb: float | None = None,
-                progress: bool | None = False) -> dict:
+                progress: bool | None = False, input_shape: Any = None) -> dict:
     """One row of :func:`compare`: the number ``method`` gives for ``model``, or a typed error.
 
     Unlike :func:`compare`, a method that fails raises.  Used by ``lipsdp estimate`` for the
@@ -313,12 +322,12 @@ def compare_row(model: Any, method: str, norm=2, solver: str | None = None, *, l
     check_solver_name(solver)
     options = _checked_row_options(norm, lower_options, exact_options)
     budget.check_max_memory(max_memory_gb)
-    return _bound_row(as_network(model), method, norm, solver, options, max_memory_gb, progress)
+    return _bound_row(as_network(model, input_shape), method, norm, solver, options, max_memory_gb, progress)
 
 
 def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solver: str | None = None,
             progress: bool | None = None, lower_options: dict | None = None, *, exact_options: dict | None = None,
-            max_memory_gb: float | None = None, claimed: float | None = None):
+            max_memory_gb: float | None = None, claimed: float | None = None, input_shape: Any = None):
     """Run several methods on one model and tabulate them.
 
     ``"lower"`` (gradient-ascent lower bound; for ``norm="inf"`` the ℓ∞
@@ -344,6 +353,8 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
         A claimed Lipschitz constant γ (e.g. the one a training library promises): adds the
         columns ``claimed`` and ``claim`` (:func:`lipsdp.claims.add_claim_columns`: an upper
         bound "holds" or "not proved", a lower bound "refuted" or "consistent").
+    input_shape
+        Shape of one input, required for models with convolutions or pooling (see :func:`estimate`).
 
     Returns
     -------
@@ -367,7 +378,7 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
         from .claims import add_claim_columns, check_gamma
 
         check_gamma(claimed)
-    net = as_network(model)
+    net = as_network(model, input_shape)
     if norm != 2:
         names = [n for n in names if n != "exact"]
     rows = []

@@ -29,6 +29,7 @@ import numpy as np
 from .errors import InvalidOptionError
 from .methods import LipschitzBound
 from .network import ActivationLayer, Affine, Network, Residual
+from .pooling import MaxPool
 
 VERDICTS = ("holds", "not proved", "refuted")
 #: relative excess under which the text calls it "of the order of float32 rounding"
@@ -163,7 +164,7 @@ class ClaimCheck:
 # ------------------------------------------------------------------------------ factors
 def _kind(layer: Any) -> str:
     if isinstance(layer, Affine):
-        return f"linear {layer.in_dim}->{layer.out_dim}"
+        return f"linear {layer.in_dim}->{layer.out_dim}" + (f" ({layer.describe()})" if layer.structured else "")
     if isinstance(layer, ActivationLayer):
         return layer.activation.describe()
     if isinstance(layer, Residual):
@@ -172,9 +173,17 @@ def _kind(layer: Any) -> str:
 
 
 def _factor(layer: Any) -> float:
-    """Largest singular value, activation constant, or 1 + branch product (NaN for implicit layers)."""
+    """Largest singular value, activation or max-pool constant, or 1 + branch product (NaN for implicit layers).
+
+    A structured operator's factor is its certified norm bound (exact for circular convolutions).
+    """
+    if isinstance(layer, Affine) and layer.structured:
+        mantissa, exponent = layer.weight.norm_bound()
+        return float(np.ldexp(mantissa, exponent))
     if isinstance(layer, Affine):
         return float(np.linalg.norm(layer.weight, 2)) if layer.weight.size else 0.0
+    if isinstance(layer, MaxPool):
+        return layer.lipschitz_constant(2)
     if isinstance(layer, ActivationLayer):
         return float(layer.activation.lipschitz_constant(2))
     if isinstance(layer, Residual):
@@ -261,7 +270,7 @@ def check_claim(model: Any, gamma: float, method: str = "lipsdp-neuron", *, lowe
     claimed = check_gamma(gamma)
     if lower_options is not None and not isinstance(lower_options, dict):
         raise InvalidOptionError(f"lower_options must be a dict of keyword options, got {lower_options!r}")
-    net = as_network(model)
+    net = as_network(model, estimate_options.pop("input_shape", None))
     if estimate_options.get("norm", 2) not in (2, "2", "l2"):
         raise InvalidOptionError("check_claim checks an ℓ2 claim (its lower bound and layer factors are ℓ2); "
                                  "for ℓ∞ use lipsdp.compare(model, norm='inf', claimed=gamma)")

@@ -92,12 +92,26 @@ def _model_file_arguments(cmd) -> None:
     cmd.add_argument("--structure", default=None, choices=["feedforward", "residual"],
                      help=".mat files only: feedforward (default, stated in the result) or residual "
                           "(x1 = W1 x, x_(k+1) = x_k + act(W_k x_k), y = W_L x_(L-1))")
+    cmd.add_argument("--input-shape", default=None, type=_input_shape, metavar="C,H,W",
+                     help="shape of one input without the batch axis, e.g. 1,28,28: required for models with "
+                          "convolutions or pooling")
+
+
+def _input_shape(text: str) -> tuple:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas such as 1,28,28, got {text!r}")
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,28,28, got {text!r}")
+    return shape
 
 
 def _load(args: argparse.Namespace):
     from .io import load_network
 
-    return load_network(args.path, activation=args.activation, structure=args.structure)
+    return load_network(args.path, activation=args.activation, structure=args.structure,
+                        input_shape=args.input_shape)
 
 
 def _check_claim_parser(sub) -> None:

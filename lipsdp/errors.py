@@ -43,6 +43,14 @@ class ShapeMismatchError(LipSDPError, ValueError):
     """Consecutive layers do not fit together."""
 
 
+class InputShapeRequiredError(ShapeMismatchError):
+    """A model with convolutions or pooling was read without the shape of its input.
+
+    A convolution's matrix (and so its norm and the network's bound) depends on the image size:
+    pass ``input_shape=(C, H, W)`` (``--input-shape C,H,W`` on the command line).
+    """
+
+
 class InvalidActivationError(LipSDPError, ValueError):
     """An activation is mis-specified (slopes, group size, Householder vector...)."""
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import activation_registry as registry
 from . import activations as act
-from .errors import LipSDPError, ModelFileError, ModelFileNotFoundError
+from .errors import LipSDPError, ModelFileError, ModelFileNotFoundError, ShapeMismatchError
 from .network import ActivationLayer, Affine, Network, Residual
 
 _FORMATS = ".pt/.pth (TorchScript module or state_dict of an nn.Sequential), .npz (W0, W1, …; b0, b1, …) or .mat (key 'weights' or 'W')"
@@ -146,7 +146,8 @@ def _feedforward(weights: Sequence[Any], biases: Sequence[Any] | None, activatio
 
 
 # ------------------------------------------------------------------------------ loading
-def load_network(path: str | os.PathLike, activation: Any = None, structure: str | None = None) -> Network:
+def load_network(path: str | os.PathLike, activation: Any = None, structure: str | None = None,
+                 input_shape: Any = None) -> Network:
     """Load a network from a model file (see the module docstring for formats).
 
     Parameters
@@ -162,6 +163,10 @@ def load_network(path: str | os.PathLike, activation: Any = None, structure: str
         an ``activation`` entry).
     structure
         ``.mat`` only: ``"feedforward"`` (default, stated in the result) or ``"residual"``.
+    input_shape
+        Shape of one input, e.g. ``(1, 28, 28)``: required for a TorchScript CNN (see
+        :func:`lipsdp.torch_io.network_from_torch`); for other files it must match the
+        first layer's width.
 
     Raises
     ------
@@ -185,7 +190,10 @@ def load_network(path: str | os.PathLike, activation: Any = None, structure: str
     if structure is not None and loader is not _load_mat:
         raise ModelFileError(f"{source}: structure= applies to .mat files only; this file carries its own structure")
     try:
-        return loader(source, activation) if loader is not _load_mat else loader(source, activation, structure)
+        if loader is _load_torch:
+            return loader(source, activation, input_shape)
+        net = loader(source, activation) if loader is not _load_mat else loader(source, activation, structure)
+        return check_input_shape(net, input_shape)
     except LipSDPError:
         raise
     except Exception as exc:  # any parse failure of a third-party reader
@@ -199,7 +207,22 @@ def _is_torchscript(source: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _load_torch(source: Path, activation: Any) -> Network:
+def check_input_shape(net: Network, input_shape: Any) -> Network:
+    """``net`` when ``input_shape`` is None or describes its input (same shape, or the same number of entries
+    for a dense first layer); ShapeMismatchError otherwise."""
+    if input_shape is None:
+        return net
+    from .torch_io import parse_input_shape
+
+    shape = parse_input_shape(input_shape)
+    fits = shape == net.input_shape or (len(net.input_shape) == 1 and int(np.prod(shape)) == net.input_dim)
+    if not fits:
+        raise ShapeMismatchError(f"input_shape {shape} does not fit the network, whose input has shape "
+                                 f"{net.input_shape}")
+    return net
+
+
+def _load_torch(source: Path, activation: Any, input_shape: Any = None) -> Network:
     import torch
 
     from .torch_io import network_from_torch
@@ -210,7 +233,7 @@ def _load_torch(source: Path, activation: Any) -> Network:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates torch.jit
             module = torch.jit.load(str(source), map_location="cpu")
-        return network_from_torch(module)
+        return network_from_torch(module, input_shape)
     try:
         obj = torch.load(str(source), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -222,7 +245,7 @@ def _load_torch(source: Path, activation: Any) -> Network:
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    return _from_state_dict(obj, activation, source)
+    return check_input_shape(_from_state_dict(obj, activation, source), input_shape)
 
 
 def _from_state_dict(state: Any, activation: Any, source: Path) -> Network:

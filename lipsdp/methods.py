@@ -30,7 +30,10 @@ from .certify import certify, extreme_eigenvalue, spectral_norm_bound
 from .decompose import rho_reaches_every_block
 from .errors import CertificationError, NotApplicableError, NumericalRangeError, UnknownMethodError
 from .graph import build_graph
-from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .network import ActivationLayer, Affine, Implicit, Network, Residual, is_operator, max_abs_entry
+from .operators import max_row_abs_sum_bound
+from .pooling import MaxPool
+from .scaled import Scaled, from_float, one_plus, shifted, times
 from .runtime import blas_threads, heap_reuse, threads_for_size
 from .solvers import solve
 
@@ -94,7 +97,9 @@ class MethodSpec:
     option goes to the solver; ``None``: not declared, passed on unchecked); ``uses_solver`` is
     False for closed forms, which then take no solver options; ``multipliers`` is the
     granularity (``"neuron"``/``"layer"``) of the LipSDP program the method builds, None when it
-    builds none (the size guard, :mod:`lipsdp.budget`, estimates that program).
+    builds none (the size guard, :mod:`lipsdp.budget`, estimates that program); ``structured``
+    is True for a method that works on structured operators (convolutions) and max pools itself,
+    the others are given the densified network, split at its max pools (:func:`run_method`).
     """
 
     name: str
@@ -104,6 +109,7 @@ class MethodSpec:
     options: dict | None = None
     uses_solver: bool = True
     multipliers: str | None = None
+    structured: bool = False
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -113,17 +119,32 @@ LIPSDP_OPTIONS = {2: ("split", "cross_terms"), np.inf: ("cross_terms", "output_r
 
 
 def register_method(name: str, description: str, norms: tuple = (2,), options: dict | None = None,
-                    uses_solver: bool = True, multipliers: str | None = None):
+                    uses_solver: bool = True, multipliers: str | None = None, structured: bool = False):
     """Decorator registering ``fn(net, *, norm, solver, reduce, **options) -> LipschitzBound``.
 
     ``options``: per norm, the option names ``fn`` takes itself (see :class:`MethodSpec`).
     """
 
     def wrap(fn):
-        _METHODS[name] = MethodSpec(name, fn, description, norms, options, uses_solver, multipliers)
+        _METHODS[name] = MethodSpec(name, fn, description, norms, options, uses_solver, multipliers, structured)
         return fn
 
     return wrap
+
+
+def run_method(spec: MethodSpec, net: Network, *, norm=2, solver=None, reduce=True, **options) -> LipschitzBound:
+    """The one entry from a network to a method's certified bound.
+
+    A method that is not ``structured`` sees dense matrices only: a network with max pools is
+    bounded piece by piece between them and the pieces' bounds are multiplied by each pool's
+    constant (:func:`split_at_pooling`), and convolutions are written out as matrices
+    (:meth:`Network.densified`, ProblemTooLargeError when one would not fit).
+    """
+    if not spec.structured:
+        if net.has_max_pool:
+            return split_at_pooling(spec, net, norm=norm, solver=solver, reduce=reduce, **options)
+        net = net.densified()
+    return spec.run(net, norm=norm, solver=solver, reduce=reduce, **options)
 
 
 def methods() -> list[str]:
@@ -138,52 +159,15 @@ def method_spec(name: str) -> MethodSpec:
 
 
 # ------------------------------------------------------------------------------- naive
-# Products of norms are kept as (mantissa, exponent) pairs, m · 2^e with m in [1/2, 1), each product
-# rounded up: a deep net's product may leave float64's range although every factor is in it.
-Scaled = tuple  # (mantissa, exponent)
+def _layer_norm(w, norm) -> Scaled:
+    """Certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certify.spectral_norm_bound`) or of the induced ∞-norm.
 
-
-def _times(a: Scaled, b: Scaled) -> Scaled:
-    """``a · b`` rounded up (the mantissa product rounds to nearest; one step up covers it)."""
-    product = a[0] * b[0]
-    if product == 0:
-        return 0.0, 0
-    mantissa, e = np.frexp(np.nextafter(product, np.inf))
-    return float(mantissa), int(e) + a[1] + b[1]
-
-
-def _from_float(value: float) -> Scaled:
-    """``value`` as ``(mantissa, exponent)`` (exact)."""
-    mantissa, e = np.frexp(float(value))
-    return float(mantissa), int(e)
-
-
-def shifted(value: float, exponent: int) -> Scaled:
-    """``value · 2^exponent`` (exact)."""
-    mantissa, e = _from_float(value)
-    return mantissa, e + exponent
-
-
-def _one_plus(a: Scaled) -> Scaled:
-    """``1 + a`` rounded up, for any exponent."""
-    if a[0] == 0:
-        return _from_float(1.0)
-    if a[1] >= 60:  # 1 < ulp(a): the next mantissa up covers it
-        return float(np.nextafter(a[0], np.inf)), a[1]
-    return _from_float(np.nextafter(1.0 + np.ldexp(a[0], a[1]), np.inf))
-
-
-def _layer_norm(w: np.ndarray, norm) -> Scaled:
-    """Certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certify.spectral_norm_bound`) or of the induced ∞-norm."""
-    if norm == 2:
-        return spectral_norm_bound(w)
-    if not np.any(w):
-        return 0.0, 0
-    e = int(np.frexp(np.max(np.abs(w)))[1])
-    row_sums = np.sum(np.abs(np.ldexp(w, -e)), axis=1)  # the power-of-two scaling is exact
-    # a sum of n non-negative terms is within a relative γ_n of its float64 value
-    mantissa, e_sum = _times(_from_float(np.max(row_sums)), _from_float(1 + 2 * w.shape[1] * np.finfo(float).eps))
-    return mantissa, e_sum + e
+    A structured operator (a convolution) certifies its own norms without a matrix
+    (:meth:`lipsdp.operators.LinearOperator.norm_bound`, docs/cnn.md).
+    """
+    if is_operator(w):
+        return w.norm_bound() if norm == 2 else w.inf_norm_bound()
+    return spectral_norm_bound(w) if norm == 2 else max_row_abs_sum_bound(w)
 
 
 def naive_product(layers, norm=2) -> Scaled:
@@ -191,11 +175,13 @@ def naive_product(layers, norm=2) -> Scaled:
     total: Scaled = (0.5, 1)
     for layer in layers:
         if isinstance(layer, Affine):
-            total = _times(total, _layer_norm(layer.weight, norm))
+            total = times(total, _layer_norm(layer.weight, norm))
         elif isinstance(layer, ActivationLayer):
-            total = _times(total, _from_float(layer.activation.lipschitz_constant(norm)))
+            total = times(total, from_float(layer.activation.lipschitz_constant(norm)))
         elif isinstance(layer, Residual):
-            total = _times(total, _one_plus(naive_product(layer.branch, norm)))
+            total = times(total, one_plus(naive_product(layer.branch, norm)))
+        elif isinstance(layer, MaxPool):
+            total = times(total, from_float(layer.lipschitz_constant(norm)))
         elif isinstance(layer, Implicit):
             raise NotApplicableError("the naive bound does not apply to implicit layers; use lipsdp-neuron")
     return total
@@ -231,13 +217,13 @@ def as_float(value: Scaled, what: str, layers=()) -> float:
 
 def _weight_scales(layers) -> str:
     """`` (largest |entry| per affine layer: …)`` for messages, or empty."""
-    scales = [f"{layer.name or f'affine {k}'}: {np.max(np.abs(layer.weight)):.3g}"
-              for k, layer in enumerate(layers) if isinstance(layer, Affine) and layer.weight.size]
+    scales = [f"{layer.name or f'affine {k}'}: {max_abs_entry(layer.weight):.3g}"
+              for k, layer in enumerate(layers) if isinstance(layer, Affine) and layer.out_dim * layer.in_dim]
     return f" (largest |entry| per affine layer: {', '.join(scales)})" if scales else ""
 
 
-@register_method("naive", "product of spectral norms (ℓ∞: of induced ∞-norms)", norms=(2, np.inf),
-                 options={2: (), np.inf: ()}, uses_solver=False)
+@register_method("naive", "product of spectral norms (ℓ∞: of induced ∞-norms); convolutions by FFT",
+                 norms=(2, np.inf), options={2: (), np.inf: ()}, uses_solver=False, structured=True)
 def _naive(net: Network, *, norm=2, solver=None, reduce=True, **options) -> LipschitzBound:
     start = time.perf_counter()
     value = naive_bound(net.layers, norm)  # every factor certified, every product rounded up
@@ -519,32 +505,99 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
     """Bound chunks of ``k`` weight layers separately and multiply (MATH §1, "Split")."""
     if k < 1:
         raise NotApplicableError(f"split must be a positive number of layers, got {k}")
-    start = time.perf_counter()
     ws, bs, acts = net.weights, net.biases, net.activations
-    value: Scaled = _from_float(1.0)  # the product is rounded up and kept in range (see naive_product)
-    raw = 1.0
-    margins = []
-    solvers_used = set()
+    parts, joints = [], []
     for lo in range(0, len(ws), k):
         hi = min(lo + k, len(ws))
         chunk = Network.from_weights(ws[lo:hi], bs[lo:hi], list(acts[lo : hi - 1]))
         if hi - lo == 1:
-            part = _naive(chunk)
+            parts.append(lambda chunk=chunk: _naive(chunk))
         else:
-            part = _lipsdp(chunk, granularity, method, solver=solver, reduce=reduce, **options)
-            margins.append(part.certificate_margin)
-            solvers_used.add(part.solver)
-        value = _times(value, _from_float(part.value))
-        raw *= part.raw_value
+            parts.append(lambda chunk=chunk: _lipsdp(chunk, granularity, method, solver=solver, reduce=reduce,
+                                                     **options))
         if hi < len(ws):
-            lip = acts[hi - 1].lipschitz_constant(2)
-            value = _times(value, _from_float(lip))
-            raw *= lip
-    value = as_float(value, f"the {method} (split={k}) bound", net.layers)
-    return LipschitzBound(
-        value, raw, f"{method} (split={k})", "+".join(sorted(solvers_used)) or "none", "optimal",
-        time.perf_counter() - start, min(margins) if margins else float("nan"), 2, {"split": k},
-    )
+            joints.append(acts[hi - 1].lipschitz_constant(2))
+    return composed_bound(f"{method} (split={k})", parts, joints, net.layers, 2, {"split": k})
+
+
+def composed_bound(label: str, parts: list, joints: list, layers, norm, details: dict) -> LipschitzBound:
+    """``Π bound(part) · Π joint``, rounded up: a composition bounded piece by piece.
+
+    ``parts`` are thunks returning the pieces' bounds in order; ``joints[i]`` is the Lipschitz
+    constant of what sits between piece ``i`` and ``i + 1`` (an activation, a max pool).
+    The product is kept as (mantissa, exponent) like :func:`naive_product`.
+    """
+    start = time.perf_counter()
+    value: Scaled = from_float(1.0)
+    raw = 1.0
+    margins, solvers_used, statuses = [], set(), set()
+    for i, part in enumerate(parts):
+        bound = part()
+        value = times(value, from_float(bound.value))
+        raw *= bound.raw_value
+        statuses.add(bound.status)
+        if bound.solver != "none":
+            solvers_used.add(bound.solver)
+        if not np.isnan(bound.certificate_margin):
+            margins.append(bound.certificate_margin)
+        if i < len(joints):
+            value = times(value, from_float(joints[i]))
+            raw *= joints[i]
+    value = as_float(value, f"the {label} bound", layers)
+    status = "feasible" if "feasible" in statuses else ("closed-form" if statuses == {"closed-form"} else "optimal")
+    return LipschitzBound(value, raw, label, "+".join(sorted(solvers_used)) or "none", status,
+                          time.perf_counter() - start, min(margins) if margins else float("nan"), norm, details)
+
+
+def _pooling_segments(net: Network) -> tuple[list, list]:
+    """The top-level layers between max pools, and the pools."""
+    segments, pools, current = [], [], []
+    for layer in net.layers:
+        if isinstance(layer, MaxPool):
+            segments.append(current)
+            pools.append(layer)
+            current = []
+        elif isinstance(layer, (Residual, Implicit)) and Network([layer]).has_max_pool:
+            raise NotApplicableError("a max pool inside a residual branch is bounded by 'naive' only")
+        else:
+            current.append(layer)
+    segments.append(current)
+    return segments, pools
+
+
+def _as_chain(layers: list, in_dim: int) -> Network | None:
+    """``layers`` as a network that starts and ends with an affine layer (identity maps added); None if empty."""
+    if not layers:
+        return None
+    if not isinstance(layers[0], Affine):
+        layers = [Affine.create(np.eye(in_dim), None, "identity")] + layers
+    if not isinstance(layers[-1], Affine):
+        width = Network(layers).output_dim
+        layers = layers + [Affine.create(np.eye(width), None, "identity")]
+    return Network(layers)
+
+
+def split_at_pooling(spec: MethodSpec, net: Network, *, norm=2, solver=None, reduce=True, **options):
+    """A bound of a network with max pools: each piece between them by ``spec``, times each pool's constant.
+
+    ``f = g_K ∘ pool_K ∘ … ∘ pool_1 ∘ g_0``, so ``L(f) ≤ Π L(g_k) · Π L(pool_k)``
+    (:mod:`lipsdp.pooling` gives the pool's constant, √m in ℓ2).
+    """
+    segments, pools = _pooling_segments(net)
+    parts = []
+    width = net.input_dim
+    for k, segment in enumerate(segments):
+        chain = _as_chain(segment, width)
+        if chain is None:
+            parts.append(lambda: LipschitzBound(1.0, 1.0, "identity", "none", "closed-form", 0.0, norm=norm))
+        else:
+            parts.append(lambda chain=chain: run_method(spec, chain, norm=norm, solver=solver, reduce=reduce,
+                                                        **options))
+        if k < len(pools):
+            width = pools[k].out_dim
+    joints = [pool.lipschitz_constant(norm) for pool in pools]
+    return composed_bound(f"{spec.name} (split at {len(pools)} max pool(s))", parts, joints, net.layers, norm,
+                          {"split_at_pooling": len(pools)})
 
 
 @register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2",

@@ -33,6 +33,8 @@ import numpy as np
 
 from . import activations as act
 from .errors import InvalidWeightsError, ShapeMismatchError
+from .operators import LinearOperator
+from .pooling import MaxPool
 
 
 def as_matrix(value: Any, what: str) -> np.ndarray:
@@ -88,34 +90,103 @@ def _finite(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def is_operator(weight: Any) -> bool:
+    """True for a structured :class:`~lipsdp.operators.LinearOperator` weight (a conv, a pooling, a composition)."""
+    return isinstance(weight, LinearOperator)
+
+
+def max_abs_entry(weight: Any) -> float:
+    """Largest ``|coefficient|`` of a dense matrix or a structured operator (0 for an empty one)."""
+    if is_operator(weight):
+        return float(weight.max_abs_entry())
+    return float(np.max(np.abs(weight))) if weight.size else 0.0
+
+
+def scale_weight(weight: Any, factor: float) -> Any:
+    """``factor · W`` for a dense matrix or an operator (exact when ``factor`` is a power of two)."""
+    return weight.scaled(factor) if is_operator(weight) else factor * weight
+
+
+def compose_weights(first: Any, second: Any) -> Any:
+    """The linear map ``second ∘ first``: a dense product, or a structured composition when either is an operator."""
+    if is_operator(first):
+        return first.compose(second)
+    if is_operator(second):
+        from .operators import ComposedOperator
+
+        return ComposedOperator((first, second))
+    return second @ first
+
+
 @dataclass(frozen=True, eq=False)
 class Affine:
-    """``x ↦ W x + b`` with ``W`` of shape (out, in)."""
+    """``x ↦ W x + b`` with ``W`` of shape (out, in): a dense matrix or a structured operator.
 
-    weight: np.ndarray
+    A structured ``W`` (:class:`~lipsdp.operators.LinearOperator`: convolution, pooling, their
+    compositions) acts on flat vectors, a ``(C, H, W)`` feature map flattened C-major as
+    ``torch.flatten`` does; ``b`` is then the full flat bias (a conv's channel bias broadcast over
+    positions).  Methods that need a matrix call :meth:`Network.densified`.
+    """
+
+    weight: Any
     bias: np.ndarray
     name: str = ""
 
     @staticmethod
     def create(weight: Any, bias: Any = None, name: str = "") -> "Affine":
-        w = as_matrix(weight, f"weight of {name or 'affine layer'}")
-        b = as_vector(bias, w.shape[0], f"bias of {name or 'affine layer'}")
+        if is_operator(weight):
+            w = weight
+            out = w.shape[0]
+        else:
+            w = as_matrix(weight, f"weight of {name or 'affine layer'}")
+            out = w.shape[0]
+        b = as_vector(bias, out, f"bias of {name or 'affine layer'}")
         return Affine(w, b, name)
 
     @property
     def in_dim(self) -> int:
-        return self.weight.shape[1]
+        return int(self.weight.shape[1])
 
     @property
     def out_dim(self) -> int:
-        return self.weight.shape[0]
+        return int(self.weight.shape[0])
+
+    @property
+    def structured(self) -> bool:
+        """True when the weight is a structured operator rather than a dense matrix."""
+        return is_operator(self.weight)
+
+    @property
+    def in_shape(self) -> tuple:
+        return tuple(self.weight.in_shape) if self.structured else (self.in_dim,)
+
+    @property
+    def out_shape(self) -> tuple:
+        return tuple(self.weight.out_shape) if self.structured else (self.out_dim,)
 
     def then(self, other: "Affine") -> "Affine":
         """The composition ``other ∘ self`` as one affine layer."""
-        return Affine.create(other.weight @ self.weight, other.weight @ self.bias + other.bias, other.name or self.name)
+        weight = compose_weights(self.weight, other.weight)
+        return Affine.create(weight, other.apply_linear(self.bias) + other.bias, other.name or self.name)
+
+    def apply_linear(self, x: np.ndarray) -> np.ndarray:
+        """``W x`` for a vector or for the rows of ``x`` (no bias)."""
+        if self.structured:
+            return self.weight.matvec(x)
+        return x @ self.weight.T
+
+    def densified(self, max_bytes: int | None = None) -> "Affine":
+        """The same layer with a dense weight (:meth:`LinearOperator.to_dense`; ProblemTooLargeError when too large)."""
+        if not self.structured:
+            return self
+        dense = self.weight.to_dense() if max_bytes is None else self.weight.to_dense(max_bytes=max_bytes)
+        return Affine.create(dense, self.bias, self.name)
+
+    def describe(self) -> str:
+        return self.weight.describe() if self.structured else f"Affine({self.in_dim}->{self.out_dim})"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.weight.T + self.bias
+        return self.apply_linear(x) + self.bias
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,7 +271,7 @@ class Implicit:
         return self.equilibrium(x) @ self.C.T + x @ self.D.T
 
 
-Layer = Affine | ActivationLayer | Residual | Implicit
+Layer = Affine | ActivationLayer | Residual | Implicit | MaxPool
 
 
 def _rules(layers: Iterable[Layer]) -> list:
@@ -221,7 +292,7 @@ def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int 
     cur = in_dim
     first = None
     for layer in layers:
-        if isinstance(layer, (Affine, Implicit)):
+        if isinstance(layer, (Affine, Implicit, MaxPool)):
             if cur is not None and layer.in_dim != cur:
                 raise ShapeMismatchError(
                     f"{where}: layer {layer.name or type(layer).__name__} expects input width {layer.in_dim}, "
@@ -247,8 +318,29 @@ def _dims(layers: Sequence[Layer], in_dim: int | None, where: str) -> tuple[int 
             from .errors import UnsupportedLayerError
 
             raise UnsupportedLayerError([(where, f"{type(layer).__name__} is not a lipsdp layer (Affine, "
-                                                 "ActivationLayer, Residual, Implicit)")])
+                                                 "ActivationLayer, Residual, Implicit, MaxPool)")])
     return (first if in_dim is None else in_dim), cur
+
+
+def _flat_layers(layers: Iterable[Layer]) -> list:
+    """Every layer, residual branches opened."""
+    found = []
+    for layer in layers:
+        found.append(layer)
+        if isinstance(layer, Residual):
+            found.extend(_flat_layers(layer.branch))
+    return found
+
+
+def _densified(layers: Iterable[Layer], max_bytes: int | None) -> list:
+    out = []
+    for layer in layers:
+        if isinstance(layer, Affine):
+            layer = layer.densified(max_bytes)
+        elif isinstance(layer, Residual):
+            layer = Residual(tuple(_densified(layer.branch, max_bytes)), layer.name)
+        out.append(layer)
+    return out
 
 
 def _fixed_slope(layer: Layer) -> float | None:
@@ -270,7 +362,7 @@ def _canonical(layers: Iterable[Layer]) -> tuple:
         slope = _fixed_slope(layer)
         if slope is not None and out and isinstance(out[-1], Affine):
             previous = out[-1]
-            out[-1] = Affine.create(slope * previous.weight, slope * previous.bias, previous.name)
+            out[-1] = Affine.create(scale_weight(previous.weight, slope), slope * previous.bias, previous.name)
             continue
         if isinstance(layer, Affine) and out and isinstance(out[-1], Affine):
             out[-1] = out[-1].then(layer)
@@ -358,11 +450,11 @@ class Network:
         return Network(layers, assumptions)
 
     @staticmethod
-    def from_torch(module: Any) -> "Network":
-        """Describe a torch model (see :func:`lipsdp.torch_io.network_from_torch`)."""
+    def from_torch(module: Any, input_shape: Any = None) -> "Network":
+        """Describe a torch model (see :func:`lipsdp.torch_io.network_from_torch`; CNNs need ``input_shape``)."""
         from .torch_io import network_from_torch
 
-        return network_from_torch(module)
+        return network_from_torch(module, input_shape)
 
     # ----------------------------------------------------------------- structure
     @property
@@ -374,6 +466,37 @@ class Network:
         return all(
             (isinstance(l, Affine) if i % 2 == 0 else isinstance(l, ActivationLayer)) for i, l in enumerate(self.layers)
         )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(C, H, W)`` when the first layer is a convolution (or pooling), else ``(n,)``."""
+        first = self.layers[0]
+        if isinstance(first, Residual):
+            first = next((l for l in first.branch if isinstance(l, (Affine, MaxPool))), None)
+        shape = getattr(first, "in_shape", None)
+        return tuple(shape) if shape is not None else (self.input_dim,)
+
+    @property
+    def is_structured(self) -> bool:
+        """True when some layer is a structured operator (convolution, pooling) or a max pool."""
+        return any(isinstance(l, MaxPool) or (isinstance(l, Affine) and l.structured) for l in _flat_layers(self.layers))
+
+    @property
+    def has_max_pool(self) -> bool:
+        return any(isinstance(l, MaxPool) for l in _flat_layers(self.layers))
+
+    def densified(self, max_bytes: int | None = None) -> "Network":
+        """The same network with every structured weight written out as a dense matrix.
+
+        Raises
+        ------
+        ProblemTooLargeError
+            A layer whose dense matrix would exceed ``max_bytes`` (default: see
+            :meth:`lipsdp.operators.LinearOperator.to_dense`).
+        """
+        if not self.is_structured:
+            return self
+        return Network(_densified(self.layers, max_bytes), self.stated)
 
     def _require_feedforward(self, what: str) -> None:
         if not self.is_feedforward:
@@ -406,8 +529,8 @@ class Network:
     def summary(self) -> str:
         parts = []
         for l in self.layers:
-            if isinstance(l, Affine):
-                parts.append(f"Affine({l.in_dim}->{l.out_dim})")
+            if isinstance(l, (Affine, MaxPool)):
+                parts.append(l.describe())
             elif isinstance(l, ActivationLayer):
                 parts.append(l.activation.describe())
             elif isinstance(l, Residual):

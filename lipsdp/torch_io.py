@@ -38,8 +38,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import activation_registry as registry
-from .errors import InvalidWeightsError, UnsupportedLayerError
+from .errors import InputShapeRequiredError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .pooling import MaxPool
 
 Converter = Callable[[Any, str], list]
 
@@ -85,6 +86,26 @@ class WidthDependent:
     """
 
     build: Callable[[int], list]
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class ShapeDependent:
+    """A converter's placeholder for layers that depend on the *shape* of the feature map they act on.
+
+    ``build(shape) -> list`` of lipsdp layers, where ``shape`` is ``(C, H, W)``, ``(C, L)`` or
+    ``(n,)``: convolutions, pooling, BatchNorm over channels.  The shape comes from the
+    ``input_shape`` given to :func:`network_from_torch` and the layers before.
+    """
+
+    build: Callable[[tuple], list]
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class Flattened:
+    """Marks ``nn.Flatten``: the feature map becomes one flat vector (the same numbers, C-major)."""
+
     name: str
 
 
@@ -256,38 +277,88 @@ def _weight_drift(first: list, second: list) -> float:
     return drift
 
 
-def resolve_width_dependent(layers: list, width: int | None = None) -> tuple[list, int | None]:
-    """``layers`` with every :class:`WidthDependent` built at the width reaching it, and the output width.
+def _needs_shape(layer, path: str) -> InputShapeRequiredError:
+    return InputShapeRequiredError(
+        f"the layer at {path!r} is a convolution or pooling layer: its matrix, and so the bound, depends on the "
+        "size of the image it sees, which the model does not store. Pass input_shape=(C, H, W) (or (C, L) for "
+        "Conv1d), e.g. lipsdp.estimate(model, input_shape=(1, 28, 28)) or `--input-shape 1,28,28` on the command line"
+    )
+
+
+def _check_width(layer, shape: tuple | None) -> None:
+    """The flat size reaching ``layer`` must be its input width; a Linear must see a flat vector."""
+    if shape is None:
+        return
+    if isinstance(layer, Affine) and not layer.structured and len(shape) > 1:
+        raise UnsupportedLayerError([(layer.name, f"Linear applied to a feature map of shape {tuple(shape)}: torch "
+                                                  "applies it to the last axis only; put nn.Flatten() before it")],
+                                    supported_modules())
+    if int(np.prod(shape)) != layer.in_dim:
+        raise ShapeMismatchError(
+            f"layer {layer.name!r} expects an input of size {layer.in_dim}, but the input shape "
+            f"{tuple(shape)} has {int(np.prod(shape))} numbers"
+        )
+
+
+def _check_grouping(layer, shape: tuple | None) -> None:
+    """A group activation (MaxMin, GroupSort) groups consecutive flat entries: on a feature map that is not its
+    channels, so the rule would certify another function; refused."""
+    if shape is not None and len(shape) > 1 and not layer.activation.elementwise:
+        raise UnsupportedLayerError([(layer.name, f"{layer.activation.describe()} on a feature map of shape "
+                                                  f"{tuple(shape)}: which entries it groups (channels or positions) "
+                                                  "is not modelled; flatten first or use an elementwise activation")],
+                                    supported_modules())
+
+
+def resolve_placeholders(layers: list, shape: tuple | None = None) -> tuple[list, tuple | None]:
+    """``layers`` with every placeholder built at the shape reaching it, and the output shape.
+
+    :class:`WidthDependent` modules get the flat width, :class:`ShapeDependent` ones the feature map's
+    shape, :class:`Flattened` makes it flat.  ``shape`` is None until a layer fixes it (a dense input
+    without a stated shape).
 
     Raises
     ------
     UnsupportedLayerError
-        A width-dependent module that no earlier layer gives a width.
+        A width-dependent module that no earlier layer gives a width; a Linear on an unflattened map.
+    InputShapeRequiredError
+        A convolution or pooling layer and no ``input_shape``.
+    ShapeMismatchError
+        A stated input shape that does not fit the first layer.
     """
     out: list = []
     for layer in layers:
-        if isinstance(layer, WidthDependent):
-            if width is None:
+        if isinstance(layer, Flattened):
+            shape = None if shape is None else (int(np.prod(shape)),)
+            continue
+        if isinstance(layer, (WidthDependent, ShapeDependent)):
+            if shape is None:
+                if isinstance(layer, ShapeDependent):
+                    raise _needs_shape(layer, layer.name)
                 reason = ("its layers depend on the width of its input, which no earlier layer fixes: "
                           "put a Linear layer before it")
                 raise UnsupportedLayerError([(layer.name, reason)], supported_modules())
+            argument = tuple(shape) if isinstance(layer, ShapeDependent) else int(np.prod(shape))
             try:
-                built = layer.build(width)
+                built = layer.build(argument)
             except (Unsupported, registry.UnreadableModule) as exc:
                 raise UnsupportedLayerError([(layer.name, str(exc))], supported_modules()) from None
-            built, width = resolve_width_dependent(built, width)
+            built, shape = resolve_placeholders(built, shape)
             out.extend(built)
             continue
         if isinstance(layer, Residual):
-            branch, _ = resolve_width_dependent(list(layer.branch), width)
+            branch, _ = resolve_placeholders(list(layer.branch), shape)
             layer = Residual(tuple(branch), layer.name)
+        if isinstance(layer, ActivationLayer):
+            _check_grouping(layer, shape)
+        if isinstance(layer, (Affine, Implicit, MaxPool)):
+            _check_width(layer, shape)
+            shape = tuple(layer.out_shape) if isinstance(layer, (Affine, MaxPool)) else (layer.out_dim,)
         out.append(layer)
-        if isinstance(layer, (Affine, Implicit)):
-            width = layer.out_dim
-    return out, width
+    return out, shape
 
 
-def network_from_torch(module: Any) -> Network:
+def network_from_torch(module: Any, input_shape: Any = None) -> Network:
     """Describe a torch model as a :class:`~lipsdp.network.Network`.
 
     Parameters
@@ -295,6 +366,10 @@ def network_from_torch(module: Any) -> Network:
     module
         An ``nn.Sequential`` (possibly nested, possibly TorchScript) or a single
         supported module such as ``nn.Linear``.
+    input_shape
+        Shape of one input without the batch axis, e.g. ``(1, 28, 28)``: required
+        when the model has convolutions or pooling (their matrices depend on it);
+        optional for dense models (checked against the first layer).
 
     Returns
     -------
@@ -310,11 +385,29 @@ def network_from_torch(module: Any) -> Network:
         training mode.
     InvalidWeightsError, ShapeMismatchError
         NaN/Inf weights; layers whose widths do not chain.
+    InputShapeRequiredError
+        A convolution or pooling layer and no ``input_shape``.
     """
+    shape = parse_input_shape(input_shape)
     with _collecting_notes() as notes:
         layers = convert_module(module, "")
-    layers, _ = resolve_width_dependent(layers)
+    layers, _ = resolve_placeholders(layers, shape)
     return Network(layers, assumptions=notes)
+
+
+def parse_input_shape(input_shape: Any) -> tuple | None:
+    """``input_shape`` as a tuple of positive ints (None stays None)."""
+    if input_shape is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in (input_shape if isinstance(input_shape, (tuple, list)) else [input_shape]))
+        valid = all(float(v) == int(v) for v in (input_shape if isinstance(input_shape, (tuple, list)) else [input_shape]))
+    except (TypeError, ValueError):
+        shape, valid = (), False
+    if not valid or not shape or min(shape) < 1 or len(shape) > 3:
+        raise ShapeMismatchError(f"input_shape must be 1 to 3 positive integers such as (1, 28, 28), "
+                                 f"without the batch axis; got {input_shape!r}")
+    return shape
 
 
 # ------------------------------------------------------------------- attribute access
@@ -344,7 +437,12 @@ def _dropout(module: Any, path: str) -> list:
 
 
 def _batchnorm(module: Any, path: str) -> list:
-    """Eval-mode BatchNorm1d as ``Affine(diag(s), t)``, ``s = γ/√(σ²+ε)``, ``t = β − μ s``."""
+    """Eval-mode BatchNorm as ``x ↦ s ⊙ x + t`` per channel, ``s = γ/√(σ²+ε)``, ``t = β − μ s``.
+
+    On a flat input (BatchNorm1d after Linear) a dense ``diag(s)``; on a feature map ``(C, …)``
+    a per-channel :class:`~lipsdp.operators.DiagonalOperator`, which folds into the neighbouring
+    convolution when the network is built (:meth:`lipsdp.operators.LinearOperator.compose`).
+    """
     if registry.in_training_mode(module, "batch_norm", 5):
         raise Unsupported("in training mode it normalises by batch statistics: call model.eval() before converting "
                           "(and trace it again after eval(): tracing records the mode)")
@@ -357,16 +455,112 @@ def _batchnorm(module: Any, path: str) -> list:
     gamma = np.ones_like(mean) if gamma is None else gamma
     beta = np.zeros_like(mean) if beta is None else beta
     scale = gamma / np.sqrt(var + eps)
-    return [Affine.create(np.diag(scale), beta - mean * scale, path)]
+    shift = beta - mean * scale
+
+    def build(shape: tuple) -> list:
+        if len(shape) == 1:
+            return [Affine.create(np.diag(scale), shift, path)]
+        if shape[0] != scale.size:
+            raise Unsupported(f"it normalises {scale.size} channels but its input has {shape[0]}")
+        from .operators import DiagonalOperator
+
+        positions = int(np.prod(shape[1:]))
+        return [Affine.create(DiagonalOperator(scale, shape), np.repeat(shift, positions), path)]
+
+    return [ShapeDependent(build, path)]
+
+
+def _attributes(module: Any, names: tuple) -> dict:
+    """Hyper-parameters read from the module (eager or scripted); a traced module does not keep them."""
+    missing = [n for n in names if not hasattr(module, n)]
+    if missing:
+        raise Unsupported(f"cannot read its {', '.join(missing)} (a traced module keeps no hyper-parameters): "
+                          "save the model with torch.jit.script")
+    return {n: getattr(module, n) for n in names}
+
+
+def _conv(module: Any, path: str) -> list:
+    """Conv1d/Conv2d as a structured :class:`~lipsdp.operators.ConvOperator` plus its bias broadcast over positions."""
+    from .operators import ConvOperator
+
+    _attributes(module, ("weight", "stride", "padding", "dilation", "groups", "padding_mode", "kernel_size"))
+    operator = ConvOperator.reader(module)
+    bias = _tensor(module, "bias")
+
+    def build(shape: tuple) -> list:
+        op = operator(shape)
+        positions = int(np.prod(op.out_shape[1:]))
+        return [Affine.create(op, None if bias is None else np.repeat(bias, positions), path)]
+
+    return [ShapeDependent(build, path)]
+
+
+def _avg_pool(module: Any, path: str) -> list:
+    from .operators import avg_pool_operator
+
+    a = _attributes(module, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"))
+    divisor = getattr(module, "divisor_override", None)
+
+    def build(shape: tuple) -> list:
+        op = avg_pool_operator(shape, a["kernel_size"], a["stride"], a["padding"], a["count_include_pad"],
+                               a["ceil_mode"], divisor)
+        return [Affine.create(op, None, path)]
+
+    return [ShapeDependent(build, path)]
+
+
+def _adaptive_avg_pool(module: Any, path: str) -> list:
+    from .operators import global_avg_pool_operator
+
+    size = _attributes(module, ("output_size",))["output_size"]
+    sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    if any(v != 1 for v in sizes):
+        raise Unsupported(f"output_size={size!r}: only global average pooling (output size 1) is supported")
+
+    def build(shape: tuple) -> list:
+        return [Affine.create(global_avg_pool_operator(shape), None, path)]
+
+    return [ShapeDependent(build, path)]
+
+
+def _max_pool(module: Any, path: str) -> list:
+    a = _attributes(module, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"))
+    if getattr(module, "return_indices", False):
+        raise Unsupported("return_indices=True returns a tuple, not a tensor")
+
+    def build(shape: tuple) -> list:
+        if len(shape) < 2:
+            raise Unsupported(f"it needs a feature map (C, L) or (C, H, W), got a flat input of shape {shape}")
+        return [MaxPool.create(shape, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"],
+                               name=path)]
+
+    return [ShapeDependent(build, path)]
+
+
+def _flatten(module: Any, path: str) -> list:
+    a = _attributes(module, ("start_dim", "end_dim"))
+    if (a["start_dim"], a["end_dim"]) != (1, -1):
+        raise Unsupported(f"start_dim={a['start_dim']}, end_dim={a['end_dim']}: only the default Flatten "
+                          "(start_dim=1, end_dim=-1) keeps one flat vector per sample")
+    return [Flattened(path)]
 
 
 def _register_builtins() -> None:
     register_torch_converter("torch.nn.modules.linear.Linear", _linear)
-    for name in ("linear.Identity", "flatten.Flatten"):
-        register_torch_converter(f"torch.nn.modules.{name}", _skip)
+    register_torch_converter("torch.nn.modules.linear.Identity", _skip)
+    register_torch_converter("torch.nn.modules.flatten.Flatten", _flatten)
+    for name in ("Conv1d", "Conv2d"):
+        register_torch_converter(f"torch.nn.modules.conv.{name}", _conv)
+    for name in ("AvgPool1d", "AvgPool2d"):
+        register_torch_converter(f"torch.nn.modules.pooling.{name}", _avg_pool)
+    for name in ("AdaptiveAvgPool1d", "AdaptiveAvgPool2d"):
+        register_torch_converter(f"torch.nn.modules.pooling.{name}", _adaptive_avg_pool)
+    for name in ("MaxPool1d", "MaxPool2d"):
+        register_torch_converter(f"torch.nn.modules.pooling.{name}", _max_pool)
     for name in ("Dropout", "Dropout1d", "AlphaDropout"):
         register_torch_converter(f"torch.nn.modules.dropout.{name}", _dropout)
-    register_torch_converter("torch.nn.modules.batchnorm.BatchNorm1d", _batchnorm)
+    for name in ("BatchNorm1d", "BatchNorm2d"):
+        register_torch_converter(f"torch.nn.modules.batchnorm.{name}", _batchnorm)
 
 
 _register_builtins()
