@@ -10,16 +10,27 @@ Parameterizations (``lmi.parameterizations()``): network-level ``sandwich``,
 (``activation_needs``); activations come from :mod:`lipsdp.activation_registry`, and
 one a proof does not cover is refused with :class:`ActivationNotCoveredError`.
 """
-from . import functional
+from . import fourier, functional, functional_conv
+from .blocks import ChannelMaxMin, LLNHead, SpaceToDepth, export_sequential
 from .certify import (
+    body_lipschitz_bound,
     certified_accuracy,
+    certified_mask,
     certified_radius,
     empirical_lipschitz,
     jacobian_norms,
     margins,
+    pair_lipschitz,
+    split_head,
+    uniform_pair_lipschitz,
 )
+from .conv import BROConv2d, CayleyConv2d, SandwichConv2d
+from .conv_spatial import AOLConv2d, SLLConv2d
+from .data import IMAGE_DATASETS, ImageDataset, load_images, read_idx
 from .errors import (
     ActivationNotCoveredError,
+    DataFormatError,
+    DataNotFoundError,
     ExportError,
     InvalidArgumentError,
     InvalidInputError,
@@ -27,6 +38,7 @@ from .errors import (
     LMIError,
     NumericalRangeError,
     ShapeMismatchError,
+    UnknownDatasetError,
     UnknownParameterizationError,
     UnsupportedDtypeError,
     UnsupportedModelError,
@@ -42,6 +54,7 @@ from .layers import (
     SpectralLinear,
     make_activation,
 )
+from .losses import LOSSES, get_loss, logit_annealing_loss, margin_hinge_loss, offset_cross_entropy
 from .models import (
     AOLNet,
     CayleyNet,
@@ -57,6 +70,7 @@ from .models import (
     parameterizations,
     register,
 )
+from .residual import GershgorinResidual, GershgorinResidualConv2d, LDLTResidual, LDLTResidualConv2d
 from .train import (
     DATASETS,
     Dataset,
@@ -72,8 +86,15 @@ from .train import (
 )
 
 __all__ = [
-    "functional",
-    "certified_accuracy", "certified_radius", "empirical_lipschitz", "jacobian_norms", "margins",
+    "fourier", "functional", "functional_conv",
+    "ChannelMaxMin", "LLNHead", "SpaceToDepth", "export_sequential",
+    "body_lipschitz_bound", "certified_accuracy", "certified_mask", "certified_radius", "empirical_lipschitz",
+    "jacobian_norms", "margins", "pair_lipschitz", "split_head", "uniform_pair_lipschitz",
+    "AOLConv2d", "BROConv2d", "CayleyConv2d", "SandwichConv2d", "SLLConv2d",
+    "GershgorinResidual", "GershgorinResidualConv2d", "LDLTResidual", "LDLTResidualConv2d",
+    "IMAGE_DATASETS", "ImageDataset", "load_images", "read_idx",
+    "LOSSES", "get_loss", "logit_annealing_loss", "margin_hinge_loss", "offset_cross_entropy",
+    "DataFormatError", "DataNotFoundError", "UnknownDatasetError",
     "ActivationNotCoveredError", "ExportError", "InvalidArgumentError", "InvalidInputError",
     "InvalidOptionError", "LMIError", "NumericalRangeError", "ShapeMismatchError",
     "UnknownParameterizationError", "UnsupportedDtypeError", "UnsupportedModelError",

@@ -5,6 +5,17 @@ For a classifier ``f`` that is ``L``-Lipschitz in the 2-norm, the logit margin
 difference of two logits is ``||e_y - e_j|| L = sqrt(2) L``-Lipschitz), so the
 prediction cannot change within radius ``m(x) / (sqrt(2) L)``.
 
+When the last layer is known -- a body ``g`` that is ``L_g``-Lipschitz followed by a linear
+(or LLN) head ``W`` -- each difference ``f_y − f_j = (w_y − w_j)ᵀ g(x) + b_y − b_j`` is
+``L_g ‖w_y − w_j‖``-Lipschitz (Cauchy–Schwarz), so ``x`` is certified at ``ε`` when
+``f_y − f_j > L_g ‖w_y − w_j‖ ε`` for every ``j ≠ y`` (the per-pair rule; Singla et al., ICLR
+2022, for LLN heads; Tsuzuku, Sato & Sugiyama, NeurIPS 2018, for the pairwise argument).  Since
+``‖w_y − w_j‖ ≤ ‖(e_y − e_j)ᵀ W‖ ≤ √2 ‖W‖₂`` and ``L ≤ L_g ‖W‖₂`` is the best product bound, it is
+never looser than the √2 rule with that product, and ``certified_accuracy(..., per_pair=True)``
+takes, pair by pair, the smaller of the two constants where both are known.  Every constant is a
+certified upper bound rounded up (:func:`pair_lipschitz`); the margins are those of the
+floating-point forward pass, which is the classifier being certified.
+
 Any certified ``L`` works; the smaller, the larger the certified radii.  A trained
 parameterization often uses only part of its budget ``gamma``, so lipsdp's certified
 bound of the same network can be lower: :func:`tightest_bound` takes the smaller of the
@@ -22,6 +33,11 @@ __all__ = [
     "margins",
     "certified_radius",
     "certified_accuracy",
+    "certified_mask",
+    "pair_lipschitz",
+    "uniform_pair_lipschitz",
+    "split_head",
+    "body_lipschitz_bound",
     "lipsdp_bound",
     "tightest_bound",
     "jacobian_norms",
@@ -36,13 +52,265 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return true - logits.masked_fill(mask, -torch.inf).max(dim=1).values
 
 
-def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float) -> torch.Tensor:
-    """Certified 2-norm radius ``max(margin, 0) / (sqrt(2) L)`` per example (0 if misclassified)."""
-    if not (lipschitz > 0 and math.isfinite(lipschitz)):
-        from .errors import InvalidArgumentError
+def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float | None = None, *,
+                     pair_lipschitz=None) -> torch.Tensor:
+    """Certified 2-norm radius per example (0 if misclassified).
 
-        raise InvalidArgumentError(f"lipschitz must be a positive finite number, got {lipschitz!r}")
+    With ``lipschitz`` ``L``: ``max(margin, 0) / (sqrt(2) L)``.  With ``pair_lipschitz`` (a
+    ``K × K`` matrix ``C`` of certified constants of ``f_i − f_j``, see :func:`pair_lipschitz`):
+    ``min_{j ≠ y} max(f_y − f_j, 0) / C[y, j]``, rounded towards 0 (a certified lower bound of
+    the radius the constants give).
+    """
+    from .errors import InvalidArgumentError
+
+    if pair_lipschitz is not None:
+        pair = _pair_matrix(pair_lipschitz, logits.shape[1])
+        diff = _pair_margins(logits.detach(), labels)
+        const = torch.as_tensor(pair, dtype=torch.float64, device=diff.device)[labels.view(-1)]
+        radius = diff.clamp_min(0.0) / const
+        radius = torch.nextafter(radius, torch.zeros_like(radius)).clamp_min(0.0)
+        # a zero constant (identical rows): the difference never changes, so the radius is inf if it is > 0
+        radius = torch.where(const == 0, torch.where(diff > 0, torch.inf, 0.0).to(radius), radius)
+        own = torch.nn.functional.one_hot(labels.view(-1), logits.shape[1]).bool()
+        return radius.masked_fill(own, torch.inf).min(dim=1).values
+    if lipschitz is None or not (lipschitz > 0 and math.isfinite(lipschitz)):
+        raise InvalidArgumentError(f"lipschitz must be a positive finite number, got {lipschitz!r} "
+                                   f"(or pass pair_lipschitz=)")
     return margins(logits.detach(), labels).clamp_min(0.0) / (math.sqrt(2.0) * float(lipschitz))
+
+
+# ------------------------------------------------------------------------------ per-pair constants
+def _mul_up(a: float, b: float) -> float:
+    """``a · b`` rounded up: the float product, or the next float above it when it is below the exact product.
+
+    The comparison is exact (rational arithmetic), so an exact product (a factor 1) stays as it is.
+    """
+    from fractions import Fraction
+
+    p = float(a) * float(b)
+    if math.isfinite(p) and Fraction(p) < Fraction(float(a)) * Fraction(float(b)):
+        p = float(np.nextafter(p, np.inf))
+    return p
+
+
+def _sqrt2_up() -> float:
+    """The smallest float64 ``≥ √2`` (checked exactly: its square is ``≥ 2``)."""
+    from fractions import Fraction
+
+    r = math.sqrt(2.0)
+    while Fraction(r) ** 2 < 2:
+        r = float(np.nextafter(r, np.inf))
+    return r
+
+
+def _vector_norm_bound(d: np.ndarray) -> float:
+    """A certified upper bound of ``‖d‖₂`` (:func:`lipsdp.certify.spectral_norm_bound` of the row ``d``)."""
+    from lipsdp.certify import spectral_norm_bound
+
+    mantissa, exponent = spectral_norm_bound(d.reshape(1, -1))
+    return float(np.ldexp(mantissa, exponent))
+
+
+def pair_lipschitz(weight, body_lipschitz: float = 1.0) -> np.ndarray:
+    """``K × K`` certified upper bounds of ``L_g ‖w_i − w_j‖`` (diagonal 0), for a head ``W`` on an ``L_g``-Lipschitz body.
+
+    ``f_i − f_j = (w_i − w_j)ᵀ g(x) + b_i − b_j``, so ``|Δ(f_i − f_j)| ≤ ‖w_i − w_j‖ ‖Δg‖ ≤
+    ‖w_i − w_j‖ L_g ‖Δx‖`` (Cauchy–Schwarz).
+
+    Rounding: ``W`` is read in float64 (exact from float32); the computed difference
+    ``d̃ = fl(w_i − w_j) = (w_i − w_j)(1 + δ)``, ``|δ| ≤ u``, so ``‖w_i − w_j‖ ≤ ‖d̃‖/(1 − u)``;
+    ``‖d̃‖`` is bounded by :func:`lipsdp.certify.spectral_norm_bound` (power-of-two scaling,
+    Gram matrix, shifted Cholesky proof); the factor ``1/(1 − u)`` is covered by multiplying by
+    ``1 + 4u ≥ 1/(1 − u)`` (exact in float64), and both products are rounded up exactly
+    (:func:`_mul_up`).  Identical rows give the constant 0 (their difference of logits is constant).
+
+    Parameters
+    ----------
+    weight : ``(K, n)`` tensor or array (for an LLN head, the normalised weight the forward uses)
+    body_lipschitz : certified Lipschitz constant ``L_g`` of the body before the head
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``body_lipschitz`` not positive and finite.
+    ShapeMismatchError
+        ``weight`` not 2-D.
+    InvalidWeightsError
+        Non-finite weights.
+    """
+    from lipsdp.errors import InvalidWeightsError
+
+    from .errors import InvalidArgumentError, ShapeMismatchError
+
+    L = float(body_lipschitz)
+    if not (L > 0 and math.isfinite(L)):
+        raise InvalidArgumentError(f"body_lipschitz must be a positive finite number, got {body_lipschitz!r}")
+    W = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+    if W.ndim != 2:
+        raise ShapeMismatchError(f"the head's weight must be a (classes, features) matrix, got shape {W.shape}")
+    if not np.all(np.isfinite(W)):
+        raise InvalidWeightsError("the head's weight has NaN or Inf entries: no per-pair constant can be certified")
+    K = W.shape[0]
+    u = np.finfo(np.float64).eps / 2
+    out = np.zeros((K, K))
+    for i in range(K):
+        for j in range(i + 1, K):
+            norm = _mul_up(_vector_norm_bound(W[i] - W[j]), 1.0 + 4.0 * u)  # covers 1/(1 - u), see above
+            out[i, j] = out[j, i] = _mul_up(L, norm)
+    return out
+
+
+def uniform_pair_lipschitz(n_classes: int, lipschitz: float) -> np.ndarray:
+    """``K × K`` matrix with ``√2 L`` (rounded up) off the diagonal: the pairwise rule of an ``L``-Lipschitz network.
+
+    ``|Δ(f_i − f_j)| = |(e_i − e_j)ᵀ Δf| ≤ √2 ‖Δf‖ ≤ √2 L ‖Δx‖``.
+    """
+    from .errors import InvalidArgumentError
+
+    L = float(lipschitz)
+    if not (L > 0 and math.isfinite(L)):
+        raise InvalidArgumentError(f"lipschitz must be a positive finite number, got {lipschitz!r}")
+    out = np.full((n_classes, n_classes), _mul_up(_sqrt2_up(), L))
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def _pair_matrix(pair, n_classes: int) -> np.ndarray:
+    from .errors import InvalidArgumentError, ShapeMismatchError
+
+    C = pair.detach().cpu().double().numpy() if isinstance(pair, torch.Tensor) else np.asarray(pair, dtype=float)
+    if C.shape != (n_classes, n_classes):
+        raise ShapeMismatchError(f"the per-pair constants must be a {n_classes} × {n_classes} matrix for "
+                                 f"{n_classes} logits, got shape {C.shape}")
+    off = ~np.eye(n_classes, dtype=bool)
+    if np.any(np.isnan(C[off])) or np.any(C[off] < 0):
+        raise InvalidArgumentError("per-pair Lipschitz constants must be >= 0 (or +inf) off the diagonal")
+    return C
+
+
+def _pair_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``f_y − f_j`` for every ``j`` (float64), rounded down by one ulp (a lower bound of the exact difference)."""
+    z = logits.detach().double()
+    true = z.gather(1, labels.view(-1, 1))
+    diff = true - z
+    return torch.nextafter(diff, torch.full_like(diff, -torch.inf))
+
+
+def certified_mask(logits: torch.Tensor, labels: torch.Tensor, eps, pair) -> np.ndarray:
+    """Boolean array ``(len(eps), N)``: example ``n`` is certified at ``eps[k]``.
+
+    Certified means ``f_y − f_j > C[y, j] · ε`` for every ``j ≠ y`` (correct and robust within
+    the 2-norm ball of radius ``ε``), with ``C`` a matrix of certified constants
+    (:func:`pair_lipschitz`, :func:`uniform_pair_lipschitz`).  The threshold is rounded up
+    and the margin down; at ``ε = 0`` the test is ``f_y − f_j > 0`` (a correct prediction, ties
+    excluded).
+    """
+    K = logits.shape[1]
+    C = torch.as_tensor(_pair_matrix(pair, K))
+    labels = labels.view(-1).cpu()
+    diff = _pair_margins(logits.cpu(), labels)
+    const = C[labels]
+    own = torch.nn.functional.one_hot(labels, K).bool()
+    rows = []
+    for e in np.atleast_1d(np.asarray(eps, dtype=float)):
+        if e > 0:
+            threshold = torch.nextafter(const * float(e), torch.full_like(const, torch.inf))
+        else:
+            threshold = torch.zeros_like(const)
+        rows.append(((diff > threshold) | own).all(dim=1))
+    return torch.stack(rows).numpy() if rows else np.zeros((0, len(labels)), dtype=bool)
+
+
+# ------------------------------------------------------------------------------ head and body of a model
+def _is_head(module) -> bool:
+    from torch import nn
+
+    from .blocks import LLNHead
+
+    return isinstance(module, (nn.Linear, LLNHead))
+
+
+def split_head(model):
+    """``(body, head)`` of a classifier whose last layer is linear.
+
+    An ``nn.Sequential`` ending in ``nn.Linear`` or :class:`lmi.blocks.LLNHead` splits into
+    ``model[:-1]`` and ``model[-1]``; a model with attributes ``body`` and ``head`` into those.
+
+    Raises
+    ------
+    UnsupportedModelError
+        Any other model (pass ``head=`` and ``body_lipschitz=`` to :func:`certified_accuracy`).
+    """
+    from torch import nn
+
+    from .errors import UnsupportedModelError
+
+    if isinstance(model, nn.Sequential) and len(model) and _is_head(model[-1]):
+        return model[:-1], model[-1]
+    if hasattr(model, "body") and _is_head(getattr(model, "head", None)):
+        return model.body, model.head
+    raise UnsupportedModelError(
+        f"the per-pair rule needs the last layer: {type(model).__name__} is not an nn.Sequential ending in "
+        f"nn.Linear or lmi.LLNHead, nor a model with .body and .head; pass head=(module or weight) and "
+        f"body_lipschitz=(a certified constant of everything before it)"
+    )
+
+
+def _head_weight(head) -> torch.Tensor:
+    from .errors import UnsupportedModelError
+
+    if isinstance(head, (torch.Tensor, np.ndarray)):
+        return torch.as_tensor(head)
+    weight = getattr(head, "weight", None)  # LLNHead.weight is the normalised weight its forward uses
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight.detach()
+    raise UnsupportedModelError(f"head must be an nn.Linear, an lmi.LLNHead or a (classes, features) weight, "
+                                f"got {type(head).__name__}")
+
+
+def body_lipschitz_bound(body) -> float:
+    """A certified Lipschitz constant of ``body`` (the layers before a linear head).
+
+    ``body.lipschitz_bound()`` where it exists; for an ``nn.Sequential``, the product over its
+    modules (each product rounded up) of: ``lipschitz_bound()``; the certified spectral norm of
+    an ``nn.Linear`` (:func:`lipsdp.certify.spectral_norm_bound`); 1 for ``Flatten``, ``Identity``
+    and ``Dropout`` (in eval mode); the constant of a parameter-free activation that
+    :mod:`lipsdp.activation_registry` reads.
+
+    Raises
+    ------
+    UnsupportedModelError
+        A module none of these covers (pass ``body_lipschitz=`` instead, e.g. lipsdp's bound
+        of the body: ``lipsdp.estimate(lmi.export_sequential(body), input_shape=(C, H, W))``).
+    """
+    from torch import nn
+
+    from lipsdp import activation_registry as registry
+    from lipsdp.certify import spectral_norm_bound
+
+    from .errors import UnsupportedModelError
+
+    if hasattr(body, "lipschitz_bound"):
+        return float(body.lipschitz_bound())
+    if isinstance(body, nn.Sequential):
+        total = 1.0
+        for module in body:
+            total = _mul_up(total, body_lipschitz_bound(module))
+        return float(total)
+    if isinstance(body, nn.Linear):
+        mantissa, exponent = spectral_norm_bound(body.weight.detach().cpu().double().numpy())
+        return float(np.ldexp(mantissa, exponent))
+    if isinstance(body, (nn.Flatten, nn.Identity, nn.Dropout)):
+        return 1.0
+    if not list(body.parameters()) and registry.entry_for_module(body) is not None:
+        try:
+            return float(registry.rule_from_module(body).lipschitz_constant(2))
+        except Exception as exc:  # an activation whose parameters cannot be read is refused, never assumed
+            raise UnsupportedModelError(f"the activation {body!r} cannot be read ({exc}); pass body_lipschitz=") from None
+    raise UnsupportedModelError(
+        f"no certified Lipschitz constant is known for {type(body).__name__} in the body: pass body_lipschitz= "
+        f"(e.g. lipsdp.estimate(lmi.export_sequential(body), input_shape=(C, H, W)).value)"
+    )
 
 
 def lipsdp_bound(model, method: str = "lipsdp-neuron", **options) -> float:
@@ -52,14 +320,23 @@ def lipsdp_bound(model, method: str = "lipsdp-neuron", **options) -> float:
     model's dtype; for sandwich and SLL the forward computes the factored form, which
     equals the export up to rounding); any other model goes to
     :func:`lipsdp.estimate` as it is (torch models of the supported layers, deel-torchlip
-    and orthogonium models included).  ``options`` go to :func:`lipsdp.estimate`.
+    and orthogonium models included), except that a torch model holding modules with a
+    ``to_plain`` export (:mod:`lmi.blocks`, lmi conv layers) goes through
+    :func:`lmi.blocks.export_sequential`.  ``options`` go to :func:`lipsdp.estimate`
+    (``input_shape=(C, H, W)`` for images).
     """
     import lipsdp
 
+    from .blocks import export_sequential
     from .export import to_plain
     from .models import LipschitzMLP
 
-    plain = to_plain(model) if isinstance(model, LipschitzMLP) else model
+    if isinstance(model, LipschitzMLP):
+        plain = to_plain(model)
+    elif isinstance(model, torch.nn.Module) and any(hasattr(m, "to_plain") for m in model.modules()):
+        plain = export_sequential(model)  # lmi blocks and layers inside a Sequential: their plain exports
+    else:
+        plain = model
     return float(lipsdp.estimate(plain, method=method, **options).value)
 
 
@@ -74,44 +351,75 @@ def tightest_bound(model, method: str = "lipsdp-neuron", **options) -> tuple[flo
     return (solved, "lipsdp") if solved < own else (own, "parameterization")
 
 
+def _logits(model, X: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model(X)`` in eval mode, in batches, detached (the training flag is restored)."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        return torch.cat([model(X[i:i + batch_size]).detach() for i in range(0, len(X), batch_size)])
+    finally:
+        if was_training:
+            model.train()
+
+
 @torch.no_grad()
 def certified_accuracy(model, X: torch.Tensor, y: torch.Tensor, eps, lipschitz: float | None = None,
-                       batch_size: int = 4096, use_lipsdp: bool = False, lipsdp_method: str = "lipsdp-neuron"):
-    """Fraction of points classified correctly with margin ``> sqrt(2) L eps``.
+                       batch_size: int = 4096, use_lipsdp: bool = False, lipsdp_method: str = "lipsdp-neuron",
+                       *, per_pair: bool = False, head=None, body_lipschitz: float | None = None):
+    """Fraction of points classified correctly and certified robust at radius ``eps`` (2-norm).
+
+    Pairwise rule (default): margin ``f_y − max_{j≠y} f_j > √2 L ε``.  Per-pair rule
+    (``per_pair=True``): ``f_y − f_j > L_g ‖w_y − w_j‖ ε`` for every ``j ≠ y``, with ``W`` the
+    last layer and ``L_g`` the body's constant (module docstring); where ``L`` is known too
+    (given, ``model.lipschitz_bound()``, or lipsdp's) each pair uses the smaller of
+    ``√2 L`` and ``L_g ‖w_y − w_j‖``.  Constants are rounded up (:func:`certified_mask`).
 
     Parameters
     ----------
     model : callable returning logits
-    X, y : inputs and integer labels
+    X, y : inputs (rows, or images ``(N, C, H, W)``) and integer labels
     eps : float or iterable of floats (``eps = 0`` gives the clean accuracy)
     lipschitz : float, optional
-        Defaults to ``model.lipschitz_bound()``.
+        ``L`` of the whole model; defaults to ``model.lipschitz_bound()`` (optional when
+        ``per_pair=True``: used only where the model has it).
     use_lipsdp : bool
         Opt-in: use lipsdp's certified bound of the model where it is lower than
-        ``lipschitz`` (:func:`lipsdp_bound` with ``lipsdp_method``; one SDP solve).
+        ``lipschitz`` (:func:`lipsdp_bound` with ``lipsdp_method``; one SDP solve; images pass
+        ``input_shape=X.shape[1:]``).
+    per_pair : bool
+        Use the per-pair rule (needs the last layer, see :func:`split_head`).
+    head : nn.Linear, LLNHead or ``(K, n)`` weight, optional
+        The last layer (default: :func:`split_head` of ``model``).
+    body_lipschitz : float, optional
+        Certified ``L_g`` of everything before the head (default:
+        :func:`body_lipschitz_bound` of the split body).
 
     Returns
     -------
     float, or ``np.ndarray`` of floats when ``eps`` is iterable.
     """
-    if lipschitz is None:
-        lipschitz = float(model.lipschitz_bound())
-    if use_lipsdp:
-        lipschitz = min(float(lipschitz), lipsdp_bound(model, lipsdp_method))
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        m = torch.cat([margins(model(X[i:i + batch_size]), y[i:i + batch_size])
-                       for i in range(0, len(X), batch_size)])
-    finally:
-        if was_training:
-            model.train()
     scalar = not isinstance(eps, Iterable)
     eps_arr = np.atleast_1d(np.asarray(eps, dtype=float))
-    m_np = m.double().cpu().numpy()
-    acc = np.array([float(np.mean(m_np > math.sqrt(2.0) * lipschitz * e)) if e > 0
-                    else float(np.mean(m_np > 0)) for e in eps_arr])
+    if not per_pair and lipschitz is None:
+        lipschitz = float(model.lipschitz_bound())
+    elif per_pair and lipschitz is None and hasattr(model, "lipschitz_bound"):
+        lipschitz = float(model.lipschitz_bound())
+    if use_lipsdp:
+        options = {"input_shape": tuple(X.shape[1:])} if X.dim() > 2 else {}
+        solved = lipsdp_bound(model, lipsdp_method, **options)
+        lipschitz = solved if lipschitz is None else min(float(lipschitz), solved)
+    logits = _logits(model, X, batch_size)
+    K = logits.shape[1]
+    pair = uniform_pair_lipschitz(K, lipschitz) if lipschitz is not None else None
+    if per_pair:
+        if head is None or body_lipschitz is None:
+            body, found = split_head(model)
+            head = found if head is None else head
+            body_lipschitz = body_lipschitz_bound(body) if body_lipschitz is None else body_lipschitz
+        own = pair_lipschitz(_head_weight(head), body_lipschitz)
+        pair = own if pair is None else np.minimum(pair, own)
+    acc = certified_mask(logits, y, eps_arr, pair).mean(axis=1).astype(float)
     return float(acc[0]) if scalar else acc
 
 

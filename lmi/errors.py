@@ -23,6 +23,9 @@ __all__ = [
     "ShapeMismatchError",
     "InvalidInputError",
     "UnsupportedModelError",
+    "DataNotFoundError",
+    "DataFormatError",
+    "UnknownDatasetError",
 ]
 
 
@@ -77,3 +80,17 @@ class InvalidInputError(LMIError, TypeError):
 
 class UnsupportedModelError(LMIError, TypeError):
     """A model that an ``lmi`` function cannot handle (not an ``lmi`` network)."""
+
+
+class DataNotFoundError(LMIError, FileNotFoundError):
+    """An image data set whose files (or whose package) are absent; the message says how to get them."""
+
+
+class DataFormatError(LMIError, ValueError):
+    """A data file that is not what its name says (bad idx header, truncated payload, wrong sizes)."""
+
+
+class UnknownDatasetError(LMIError, _lipsdp.UnknownNameError):
+    """An image data set name that :func:`load_images` does not know."""
+
+    kind = "image data set"

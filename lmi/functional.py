@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ShapeMismatchError
 
 __all__ = [
     "cayley",
@@ -52,34 +52,42 @@ def _eye_like(n: int, ref: torch.Tensor) -> torch.Tensor:
 
 
 def cayley(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Cayley transform of the stacked matrix ``[X; Y]``.
+    r"""Cayley transform (real, or batched complex) of the stacked matrices ``[X; Y]``.
 
-    With ``Z = X - X^T + Y^T Y`` (``X`` is ``q x q``, ``Y`` is ``p x q``) return
+    With ``Z = X - X^* + Y^* Y`` (``X`` is ``q x q``, ``Y`` is ``p x q``, ``^*`` the
+    conjugate transpose) return
 
-    .. math::  C = (I + Z)^{-1}(I - Z), \qquad D = -2\,Y (I + Z)^{-1},
+    .. math::  C = (I + Z)^{-1}(I - Z), \qquad D = -2\,Y (I + Z)^{-1}.
 
-    so that ``[C; D]`` has orthonormal columns: ``C^T C + D^T D = I_q``.  In the
-    sandwich notation ``A^T = C`` and ``B^T = D``, hence ``A A^T + B B^T = I``.
-    ``I + Z`` is always invertible (its symmetric part is ``I + Y^T Y`` > 0); we
-    use linear solves, never explicit inverses.
+    Then ``C^* C + D^* D = I_q`` (``[C; D]`` has orthonormal columns): ``Z + Z^* =
+    2 Y^* Y``, so with ``M = I + Z``, ``(I - Z)^*(I - Z) + 4 Y^* Y = M^* M - 2(Z + Z^*)
+    + 4 Y^* Y = M^* M``, and multiplying by ``M^{-*}`` and ``M^{-1}`` gives the identity.
+    ``M`` is invertible for every ``X, Y``: its Hermitian part is ``I + Y^* Y ≻ 0``.
+    With ``p = 0``, ``C`` is unitary (the classical Cayley map of the skew-Hermitian
+    ``X - X^*``).  In the sandwich notation ``A^T = C`` and ``B^T = D``, hence
+    ``A A^T + B B^T = I``.  It commutes with complex conjugation, so a
+    conjugate-symmetric batch of Fourier symbols (:mod:`lmi.fourier`) stays
+    conjugate-symmetric: real spatial kernels stay real.
 
     Parameters
     ----------
-    X : (q, q) tensor
-    Y : (p, q) tensor (``p`` may be 0)
+    X : (..., q, q) tensor (real or complex)
+    Y : (..., p, q) tensor, same dtype (``p`` may be 0)
 
     Returns
     -------
-    C : (q, q) tensor
-    D : (p, q) tensor
+    C : (..., q, q) tensor
+    D : (..., p, q) tensor
     """
-    q = X.shape[-1]
-    eye = _eye_like(q, X)
-    Z = X - X.transpose(-1, -2) + Y.transpose(-1, -2) @ Y
-    IpZ = eye + Z
-    C = torch.linalg.solve(IpZ, eye - Z)
-    # D = -2 Y (I+Z)^{-1}  <=>  D^T = -2 (I+Z)^{-T} Y^T
-    D = -2.0 * torch.linalg.solve(IpZ.transpose(-1, -2), Y.transpose(-1, -2)).transpose(-1, -2)
+    if X.shape[-1] != X.shape[-2] or Y.shape[-1] != X.shape[-1]:
+        raise ShapeMismatchError(f"cayley needs X of shape (..., q, q) and Y of shape (..., p, q), got "
+                                 f"{tuple(X.shape)} and {tuple(Y.shape)}")
+    eye = _eye_like(X.shape[-1], X)
+    Z = X - X.mH + Y.mH @ Y
+    LU, pivots = torch.linalg.lu_factor(eye + Z)  # one factorisation for both solves
+    C = torch.linalg.lu_solve(LU, pivots, eye - Z)
+    # D = -2 Y (I + Z)^{-1}  <=>  D^* = -2 (I + Z)^{-*} Y^*
+    D = -2.0 * torch.linalg.lu_solve(LU, pivots, Y.mH, adjoint=True).mH
     return C, D
 
 

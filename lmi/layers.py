@@ -52,6 +52,8 @@ __all__ = [
     "make_activation",
     "require_covered",
     "resolve_dtype",
+    "check_input",
+    "check_image",
     "SandwichLinear",
     "LDLTLinear",
     "GershgorinLinear",
@@ -101,6 +103,17 @@ def positive_float(value, name: str, why: str) -> float:
     return x
 
 
+def _check_tensor(x, dtype: torch.dtype, owner: str, expected: str) -> None:
+    """``x`` must be a tensor of ``dtype`` (InvalidInputError saying what to do otherwise)."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInputError(f"{owner} takes a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise InvalidInputError(
+            f"{owner} is in {dtype} but the input is {x.dtype}: convert the input with x.to({dtype}) "
+            f"or the model with model.to({x.dtype})"
+        )
+
+
 def check_input(x, width: int, dtype: torch.dtype, owner: str) -> None:
     """Refuse a forward input that is not a ``(..., width)`` tensor of ``dtype``.
 
@@ -111,17 +124,42 @@ def check_input(x, width: int, dtype: torch.dtype, owner: str) -> None:
     ShapeMismatchError
         The last dimension is not ``width``.
     """
-    if not isinstance(x, torch.Tensor):
-        raise InvalidInputError(f"{owner} takes a torch.Tensor of shape (batch, {width}), got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != width:
+    if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[-1] != width):
         raise ShapeMismatchError(
             f"{owner} expects inputs of width {width} (shape (batch, {width})), got shape {tuple(x.shape)}"
         )
-    if x.dtype != dtype:
-        raise InvalidInputError(
-            f"{owner} is in {dtype} but the input is {x.dtype}: convert the input with x.to({dtype}) "
-            f"or the model with model.to({x.dtype})"
-        )
+    _check_tensor(x, dtype, owner, f"(batch, {width})")
+
+
+def check_image(x, channels: int, dtype: torch.dtype, owner: str, image_size: tuple | None = None,
+                unbatched: bool = False) -> None:
+    """Refuse a forward input that is not a ``(batch, channels, H, W)`` tensor of ``dtype``.
+
+    ``image_size``: the ``(H, W)`` a layer was built for (a Fourier parameterization fixes it);
+    ``unbatched``: also accept one image ``(channels, H, W)``.
+
+    Raises
+    ------
+    InvalidInputError
+        Not a tensor, or a tensor of another dtype (the message says which to use).
+    ShapeMismatchError
+        Not 4-dimensional (or 3-dimensional when ``unbatched``), another channel count or image size.
+    """
+    size = "H, W" if image_size is None else f"{image_size[0]}, {image_size[1]}"
+    expected = f"(batch, {channels}, {size})"
+    if isinstance(x, torch.Tensor):
+        dims = (3, 4) if unbatched else (4,)
+        if x.dim() not in dims or x.shape[-3] != channels:
+            one = " or (" + f"{channels}, {size})" if unbatched else "; add a batch axis with x.unsqueeze(0) for one image"
+            raise ShapeMismatchError(f"{owner} expects images with {channels} input channels, of shape {expected}{one}; "
+                                     f"got shape {tuple(x.shape)}")
+        if image_size is not None and tuple(x.shape[-2:]) != tuple(image_size):
+            raise ShapeMismatchError(
+                f"{owner} was built for {image_size[0]}x{image_size[1]} images (its Fourier parameterization fixes "
+                f"the size), got {x.shape[-2]}x{x.shape[-1]}; resize the input or build the layer with "
+                f"image_size={tuple(x.shape[-2:])}"
+            )
+    _check_tensor(x, dtype, owner, expected)
 
 
 # ------------------------------------------------------------------------------ activations

@@ -96,7 +96,7 @@ def gamma_range(dtype=None) -> tuple[float, float]:
     return info.tiny ** 0.25, info.max ** 0.25
 
 
-def _check_gamma(gamma, dtype) -> float:
+def check_gamma(gamma, dtype) -> float:
     """``gamma`` as a float inside :func:`gamma_range` of ``dtype`` (typed errors otherwise)."""
     g = positive_float(gamma, "gamma", "the Lipschitz bound")
     lo, hi = gamma_range(dtype)
@@ -181,7 +181,7 @@ class LipschitzMLP(ActivationOwner, CachedWeights):
         super().__init__()
         fk = factory_kwargs(dtype, device)
         self.dims = _check_dims(dims)
-        gamma = _check_gamma(gamma, fk["dtype"])
+        gamma = check_gamma(gamma, fk["dtype"])
         self.activation = make_activation(activation, self.activation_needs, owner=self._owner_name(), **fk)
         self._check_activation_widths(fk)
         log_g = torch.tensor(math.log(gamma), **fk)

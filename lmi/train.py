@@ -6,8 +6,10 @@
 * :func:`function_data` -- 1-D / 2-D function-fitting data, including the
   square wave of the LBDN paper's fitting benchmark.
 * :func:`train` -- mini-batch Adam with a tqdm progress bar, optional
-  margin-aware cross-entropy for certified training, and atomic checkpoints
-  that load with ``torch.load(..., weights_only=True)``.
+  margin-aware losses for certified training (:mod:`lmi.losses`), and atomic
+  checkpoints that load with ``torch.load(..., weights_only=True)``.  Inputs are
+  rows ``(N, d)`` or images ``(N, C, H, W)`` (:func:`lmi.data.load_images`); batches
+  are index slices of tensors already on the model's device (no DataLoader).
 """
 from __future__ import annotations
 
@@ -146,15 +148,23 @@ class TrainHistory:
 
 
 @torch.no_grad()
-def evaluate(model, X, y, task: str = "classification") -> float:
-    """Accuracy (classification) or mean squared error (regression), in eval mode."""
+def evaluate(model, X, y, task: str = "classification", batch_size: int = 1024) -> float:
+    """Accuracy (classification) or mean squared error (regression), in eval mode, in batches.
+
+    Batches of ``batch_size`` rows (or images) bound the memory of the forward pass; the
+    result equals the whole-set value (a sum of per-batch counts / squared errors).
+    """
     was = model.training
     model.eval()
     try:
-        out = model(X)
-        if task == "classification":
-            return float((out.argmax(1) == y).double().mean())
-        return float(F.mse_loss(out, y))
+        total, n = 0.0, len(X)
+        for i in range(0, n, batch_size):
+            out = model(X[i:i + batch_size])
+            if task == "classification":
+                total += float((out.argmax(1) == y[i:i + batch_size]).double().sum())
+            else:
+                total += float(F.mse_loss(out.double(), y[i:i + batch_size].double(), reduction="sum"))
+        return total / (n if task == "classification" else max(y.numel(), 1))
     finally:
         model.train(was)
 
@@ -165,7 +175,7 @@ def _atomic_torch_save(obj, path: str) -> None:
 
 
 def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, history: TrainHistory | None = None,
-                    extra: dict | None = None) -> None:
+                    extra: dict | None = None, input_shape=None) -> None:
     """Atomically write a checkpoint (tmp file + ``os.replace``).
 
     Only tensors and plain containers are stored, so it loads with
@@ -179,6 +189,7 @@ def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, history: T
         "gamma": float(model.lipschitz_bound()) if hasattr(model, "lipschitz_bound") else None,
         "history": history.as_dict() if history is not None else {},
         "extra": dict(extra or {}),
+        "input_shape": [int(d) for d in (input_shape or getattr(model, "input_shape", None) or [])],
     }
     if optimizer is not None:
         obj["optimizer"] = optimizer.state_dict()
@@ -195,26 +206,58 @@ def load_checkpoint(path: str, model=None, optimizer=None, map_location=None) ->
     return obj
 
 
+def _check_training_data(X, y, X_test, y_test, task: str) -> None:
+    """Inputs ``(N, ...)`` with one target per input (rows or images alike)."""
+    from .errors import InvalidOptionError, ShapeMismatchError
+
+    if task not in ("classification", "regression"):
+        raise InvalidOptionError(f"task must be 'classification' or 'regression', got {task!r}")
+    for name, inputs, targets in (("X, y", X, y), ("X_test, y_test", X_test, y_test)):
+        if inputs is None and targets is None:
+            continue
+        if inputs is None or targets is None or not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 \
+                or len(inputs) != len(targets):
+            shapes = tuple(getattr(inputs, "shape", ())), tuple(getattr(targets, "shape", ()))
+            raise ShapeMismatchError(f"{name}: inputs must be a tensor (N, d) or (N, C, H, W) with N targets; got "
+                                     f"shapes {shapes[0]} and {shapes[1]}")
+
+
 def train(model, X, y, X_test=None, y_test=None, *, task: str = "classification", epochs: int = 50,
           batch_size: int = 64, lr: float = 1e-2, weight_decay: float = 0.0, eps_train: float = 0.0,
           temperature: float = 1.0, seed: int = 0, progress: bool = True, checkpoint: str | None = None,
-          checkpoint_every: int = 0, optimizer=None, desc: str | None = None) -> TrainHistory:
+          checkpoint_every: int = 0, optimizer=None, desc: str | None = None, loss="offset_ce",
+          lipschitz=None, eval_train=True, eval_batch_size: int = 1024) -> TrainHistory:
     """Train ``model`` with Adam; returns a :class:`TrainHistory`.
 
     Parameters
     ----------
-    task : ``"classification"`` (margin-aware cross-entropy, see
-        :func:`lipschitz_margin_loss` with ``eps_train``) or ``"regression"`` (MSE).
+    X, y : inputs ``(N, d)`` or images ``(N, C, H, W)`` and targets, on the model's device
+        (mini-batches are slices of a seeded permutation; no DataLoader).
+    task : ``"classification"`` (a margin-aware loss, see ``loss``) or ``"regression"`` (MSE).
+    loss : ``"offset_ce"`` (:func:`lipschitz_margin_loss` with ``eps_train`` and
+        ``temperature``), ``"hinge"`` or ``"logit_annealing"`` (:mod:`lmi.losses`), or a
+        callable ``loss(logits, y, lipschitz, eps, temperature)``.
+    lipschitz : the ``L`` in the losses' offset ``√2 L eps_train`` (default: ``model.gamma``
+        where the model has it, else 1).
+    eval_train : record the training accuracy every epoch on the whole training set (True),
+        on its first ``k`` examples (an int ``k``), or not at all (False: ``train_metric`` stays empty).
+    eval_batch_size : batch size of those evaluations (:func:`evaluate`).
     checkpoint : path written atomically at the end (and every
-        ``checkpoint_every`` epochs when > 0).
+        ``checkpoint_every`` epochs when > 0); image inputs store their ``input_shape``.
     progress : show a tqdm bar over epochs.
     """
     from tqdm.auto import tqdm
 
+    from .losses import get_loss
+
+    _check_training_data(X, y, X_test, y_test, task)
+    loss_fn = get_loss(loss) if task == "classification" else None
+    input_shape = list(X.shape[1:]) if X.dim() > 2 else None
     g = torch.Generator().manual_seed(seed)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     hist = TrainHistory()
     n = len(X)
+    n_eval = n if eval_train is True else int(eval_train) if eval_train else 0
     bar = tqdm(range(epochs), desc=desc or f"train {getattr(model, 'parameterization', '')}",
                disable=not progress, leave=False)
     for epoch in bar:
@@ -226,23 +269,27 @@ def train(model, X, y, X_test=None, y_test=None, *, task: str = "classification"
             idx = perm[i:i + batch_size]
             out = model(X[idx])
             if task == "classification":
-                L = model.gamma if hasattr(model, "gamma") else 1.0
-                loss = lipschitz_margin_loss(out, y[idx], L, eps_train, temperature)
+                L = lipschitz if lipschitz is not None else (model.gamma if hasattr(model, "gamma") else 1.0)
+                batch_loss = loss_fn(out, y[idx], L, eps_train, temperature)
             else:
-                loss = F.mse_loss(out, y[idx])
+                batch_loss = F.mse_loss(out, y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(batch_loss.detach()) * len(idx)
         hist.epoch_time.append(time.perf_counter() - t0)
         hist.loss.append(total / n)
-        hist.train_metric.append(evaluate(model, X, y, task))
+        if n_eval:
+            hist.train_metric.append(evaluate(model, X[:n_eval], y[:n_eval], task, eval_batch_size))
         if X_test is not None:
-            hist.test_metric.append(evaluate(model, X_test, y_test, task))
-        bar.set_postfix(loss=f"{hist.loss[-1]:.4f}", metric=f"{hist.train_metric[-1]:.4f}")
+            hist.test_metric.append(evaluate(model, X_test, y_test, task, eval_batch_size))
+        postfix = {"loss": f"{hist.loss[-1]:.4f}"}
+        if hist.train_metric:
+            postfix["metric"] = f"{hist.train_metric[-1]:.4f}"
+        bar.set_postfix(**postfix)
         if checkpoint and checkpoint_every and (epoch + 1) % checkpoint_every == 0:
-            save_checkpoint(checkpoint, model, opt, epoch + 1, hist)
+            save_checkpoint(checkpoint, model, opt, epoch + 1, hist, input_shape=input_shape)
     if checkpoint:
-        save_checkpoint(checkpoint, model, opt, epochs, hist)
+        save_checkpoint(checkpoint, model, opt, epochs, hist, input_shape=input_shape)
     model.eval()
     return hist
