@@ -450,7 +450,7 @@ _SOLVER_DESCRIPTIONS = {
     "cvxopt": "CVXOPT's interior-point method, called directly with sparse data",
     "scs": "SCS through cvxpy, with tight tolerances",
     "clarabel": "Clarabel through cvxpy",
-    "firstorder": "experimental: minimises the eigenvalue form from an ECLipsE-Fast start (certified like any other)",
+    "firstorder": "minimises the eigenvalue form from an ECLipsE-Fast start (a feasible point, certified like any other)",
 }
 
 
@@ -476,6 +476,7 @@ def _automatic_role(spec, rank: int | None) -> str:
     if rank is None:
         return "explicit only"
     limits = [f"LMI size ≤ {spec.max_size}" if spec.max_size is not None else "",
+              f"LMI size ≥ {spec.min_size}" if getattr(spec, "min_size", None) is not None else "",
               "where its structure applies" if spec.applies is not None else ""]
     limits = [text for text in limits if text]
     return f"{rank}" + (f" ({'; '.join(limits)})" if limits else "")

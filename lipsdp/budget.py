@@ -157,11 +157,12 @@ def _program_size(n_in: int, widths: Sequence[int], granularity: str, norm) -> t
 
 
 # ----------------------------------------------------------------------------- cost models
-def _back_end(solver: str | None, d: int, m: int) -> tuple[str, str]:
+def _back_end(solver: str | None, d: int, m: int, chain: bool = False) -> tuple[str, str]:
     """``(cost model key, label)`` of the back end that solves a program of size ``d`` with ``m`` multipliers.
 
     The automatic choice is followed as :func:`lipsdp.solvers.solve` makes it: licensed MOSEK,
-    else ``ipm`` where it applies, else CVXOPT.  A back end without a cost model (registered
+    else ``ipm`` where it applies (up to :data:`lipsdp.ipm.AUTOMATIC_MAX_SIZE`), else ``firstorder``
+    for a ``chain`` (one-block ℓ2), else CVXOPT.  A back end without a cost model (registered
     elsewhere) has key ``""``: only the pipeline's own matrices are counted.
     """
     if solver is None or solver == "auto":
@@ -169,10 +170,12 @@ def _back_end(solver: str | None, d: int, m: int) -> tuple[str, str]:
 
         if mosek_problem() is None:
             return "mosek", "mosek (automatic)"
-        from .ipm import MAX_BLOCK, MAX_VARS  # beyond them the automatic choice falls back to CVXOPT
+        from .ipm import AUTOMATIC_MAX_SIZE, MAX_BLOCK, MAX_VARS  # beyond them: firstorder (chains), CVXOPT
 
-        if m <= MAX_VARS and d <= MAX_BLOCK:
+        if m <= MAX_VARS and d <= min(MAX_BLOCK, AUTOMATIC_MAX_SIZE):
             return "ipm", "ipm (automatic)"
+        if chain:
+            return "firstorder", "firstorder (automatic: too large for ipm)"
         return "cvxopt", "cvxopt (automatic: too large for ipm)"
     key = solver.split(":", 1)[1].lower() if solver.lower().startswith("cvxpy:") else solver.lower()
     return (key if key in SOLVER_COSTS else ""), solver
@@ -227,7 +230,8 @@ def estimate_cost(net: Network, method: str, norm=2, solver: str | None = None,
         return None
     sizes = [_program_size(n_in, widths, granularity, norm) for n_in, widths in programs]
     d, m = max(sizes)
-    back_end, label = _back_end(solver, d, m) if spec.uses_solver else ("", "closed-form")
+    chain = norm == 2 and net.is_feedforward  # the first-order back end takes one-block ℓ2 chains (or chunks)
+    back_end, label = _back_end(solver, d, m, chain) if spec.uses_solver else ("", "closed-form")
     costs = [_program_cost(dd, mm, back_end) for dd, mm in sizes]
     memory = max(c[0] for c in costs)
     seconds = repeats * sum(c[1] for c in costs)

@@ -444,5 +444,9 @@ def applies_to_structure(sdp: SDP) -> bool:
 def register() -> None:
     from .solvers import SolverSpec, register_solver
 
-    # explicit use only (solver="firstorder"): the automatic choice prefers the exact interior-point paths
-    register_solver(SolverSpec("firstorder", solve_firstorder, _available, priority=-1, applies=applies_to_structure))
+    from .ipm import AUTOMATIC_MAX_SIZE
+
+    # the automatic choice for one-block chains too large for the interior-point solver's dense iterations
+    # (a CNN unrolled at MNIST size); below that the exact interior-point paths come first
+    register_solver(SolverSpec("firstorder", solve_firstorder, _available, priority=55, applies=applies_to_structure,
+                               min_size=AUTOMATIC_MAX_SIZE + 1))

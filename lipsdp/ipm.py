@@ -1210,6 +1210,8 @@ def _available() -> str | None:
 MAX_VARS = 20000
 #: largest LMI block the ipm takes, once split into its decoupled components
 MAX_BLOCK = 8000
+#: largest total LMI size the automatic choice gives this solver (see :func:`register`)
+AUTOMATIC_MAX_SIZE = 4096
 
 
 def _applies(sdp: SDP) -> bool:
@@ -1227,4 +1229,7 @@ def _applies(sdp: SDP) -> bool:
 def register() -> None:
     from .solvers import SolverSpec, register_solver
 
-    register_solver(SolverSpec("ipm", solve_with_ipm, _available, priority=60, applies=_applies))
+    # beyond AUTOMATIC_MAX_SIZE an iteration's dense d×d products take minutes: the automatic choice
+    # hands one-block chains to the first-order solver there (explicit solver="ipm" still runs)
+    register_solver(SolverSpec("ipm", solve_with_ipm, _available, priority=60, applies=_applies,
+                               max_size=AUTOMATIC_MAX_SIZE))

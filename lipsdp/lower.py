@@ -12,6 +12,13 @@ ratio ``‖f(x) − f(y)‖ / ‖x − y‖`` at an actual pair.
 * :func:`exact_pattern_bound` — enumeration of the activation patterns of tiny
   piecewise-linear nets: the true constant and the maximum over all slope
   choices (a lower bound for LipSDP-Neuron).
+
+Convolutional networks (structured :class:`~lipsdp.operators.LinearOperator`
+weights, :class:`~lipsdp.pooling.MaxPool` layers) are handled two ways: small
+ones through their dense matrices (:meth:`~lipsdp.network.Network.densified`),
+large ones matrix-free (:class:`_Linearization`: Jacobian-vector products
+forward, vector-Jacobian products backward, so ``J(x)`` is never formed
+unless one of its sides is narrow).
 """
 
 from __future__ import annotations
@@ -26,8 +33,27 @@ from scipy.optimize import linprog
 from . import activations as act
 from .errors import InvalidOptionError, NotApplicableError, ProblemTooLargeError
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .pooling import MaxPool
 
 _CHUNK = 64  # points per batched Jacobian evaluation
+
+# Structured networks: the dense algorithm runs on ``net.densified()`` only when its dense weights and one chunk of
+# dense Jacobians each fit in ``_DENSE_MAX_BYTES`` and one dense Jacobian costs at most ``_DENSE_MAX_MACS``
+# multiply-adds (that algorithm evaluates thousands of Jacobians); otherwise the matrix-free path runs.
+_DENSE_MAX_BYTES = 200 * 2**20
+_DENSE_MAX_MACS = 1_000_000
+#: matrix-free: the whole Jacobian (through its narrow side) when ``min(n_in, n_out)`` is at most this,
+#: else power iteration
+_NARROW_MAX = 64
+#: matrix-free: memory for the tangents and recorded derivatives of one chunk of points
+_FREE_CHUNK_BYTES = 128 * 2**20
+#: power iteration on ``JᵀJ``: iterations and relative tolerance while searching, and at the reported point
+_POWER_SEARCH = (20, 1e-6)
+_POWER_FINAL = (100, 1e-12)
+#: power iteration per step of the matrix-free smooth ascent, warm-started from the previous step
+_POWER_ASCENT = (2, 1e-6)
+#: rows of a structured layer whose norms :func:`_sampling_sigmas` computes (evenly spaced over the flat output)
+_SIGMA_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -45,12 +71,17 @@ class LowerBound:
         Number of Jacobian (or function-pair) evaluations spent.
     method
         ``"gradient"`` or ``"finite-difference"``.
+    direction
+        The unit input direction ``v`` with ``value = ‖J(x) v‖₂`` when the
+        matrix-free path found the bound (a Rayleigh quotient of ``J(x)ᵀJ(x)``:
+        ``≤ ‖J(x)‖₂``); None when ``value`` is the SVD norm ``‖J(x)‖₂`` itself.
     """
 
     value: float
     x: np.ndarray
     n_evaluations: int
     method: str = "gradient"
+    direction: np.ndarray | None = None
 
     def __float__(self) -> float:
         return float(self.value)
@@ -135,12 +166,37 @@ def _implicit_jacobian(layer: Implicit, y: np.ndarray) -> tuple[np.ndarray, np.n
     return z @ layer.C.T + y @ layer.D.T, layer.C @ jz + layer.D
 
 
+def _operator_columns(layer: Affine, jac: np.ndarray | None, n_points: int) -> np.ndarray:
+    """``W J`` for a structured weight: ``matvec`` on the stacked columns of ``J`` (``(s, width, n_in)``).
+
+    ``jac`` None (the identity): ``W``'s dense matrix, broadcast over the points.
+    """
+    if jac is None:
+        dense = layer.weight.to_dense()
+        return np.broadcast_to(dense, (n_points,) + dense.shape)
+    s, width, n_in = jac.shape
+    columns = np.swapaxes(jac, 1, 2).reshape(s * n_in, width)
+    return np.swapaxes(layer.weight.matvec(columns).reshape(s, n_in, -1), 1, 2)
+
+
+def _select_rows(jac: np.ndarray | None, y: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Jacobian of a max pool after ``jac``: output ``o`` copies row ``chosen[s, o]`` of ``J_s``."""
+    return np.take_along_axis(_start(jac, y), chosen[:, :, None], axis=1)
+
+
 def _propagate(layers: Sequence, y: np.ndarray, jac: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Forward values and Jacobians (``None`` = identity) through ``layers``."""
     for layer in layers:
-        if isinstance(layer, Affine):
+        if isinstance(layer, Affine) and layer.structured:
+            jac = _operator_columns(layer, jac, y.shape[0])
+            y = layer(y)
+        elif isinstance(layer, Affine):
             jac = np.broadcast_to(layer.weight, (y.shape[0],) + layer.weight.shape) if jac is None else layer.weight @ jac
             y = layer(y)
+        elif isinstance(layer, MaxPool):
+            chosen = layer.selected_inputs(y)
+            jac = _select_rows(jac, y, chosen)
+            y = np.take_along_axis(y, chosen, axis=1)
         elif isinstance(layer, ActivationLayer):
             jac = _apply(_activation_jacobian(layer.activation, y), _start(jac, y))
             y = layer(y)
@@ -160,9 +216,15 @@ def jacobians(net: Network, x: np.ndarray) -> np.ndarray:
     """Jacobians ``J(x_s)`` at the rows of ``x``: shape ``(s, n_out, n_in)``.
 
     Feed-forward nets of elementwise activations multiply ``W_l D … D W_1``
-    from the narrower end; other nets use forward-mode propagation.
+    from the narrower end; structured (convolutional) nets apply their
+    operators to the identity from the narrower end (:class:`_Linearization`);
+    other nets use forward-mode propagation.
     """
     x = np.atleast_2d(np.asarray(x, float))
+    if net.is_structured:  # in chunks of points: the tangents through wide feature maps dominate the memory
+        chunk = _points_per_chunk(net, min(net.input_dim, net.output_dim))
+        return np.concatenate([_Linearization(net.layers, x[i : i + chunk]).jacobians()
+                               for i in range(0, len(x), chunk)])
     rules = _elementwise_rules(net)
     if rules is not None:
         weights, slopes, y = net.weights, [], x
@@ -199,7 +261,12 @@ def _two_slopes(rule: act.Activation, m: int) -> tuple[np.ndarray, np.ndarray] |
 
 
 def _elementwise_rules(net: Network) -> list[act.SlopeRestricted] | None:
-    """The hidden activations if ``net`` is a feed-forward chain of evaluable elementwise rules."""
+    """The hidden activations if ``net`` is a feed-forward chain of evaluable elementwise rules with dense weights."""
+    return None if net.is_structured else _chain_rules(net)
+
+
+def _chain_rules(net: Network) -> list[act.SlopeRestricted] | None:
+    """The hidden activations if ``net`` is a feed-forward chain of evaluable elementwise rules (any weights)."""
     if not net.is_feedforward:
         return None
     rules = list(net.activations)
@@ -231,14 +298,29 @@ def _sampling_sigmas(net: Network) -> np.ndarray:
     dists = []
     for layer in net.layers:
         if isinstance(layer, Affine) and np.any(layer.bias):
-            norms = np.linalg.norm(layer.weight, axis=1)
+            norms, bias = _row_norms(layer)
             rows = norms > 0  # a zero row's output is constant: it has no kink to reach
-            dists.append(np.abs(layer.bias[rows]) / norms[rows])
+            dists.append(np.abs(bias[rows]) / norms[rows])
     dists = [d for d in dists if d.size]
     hyper = float(np.median(np.concatenate(dists))) / np.sqrt(n0) if dists else 1.0
     hyper = min(max(hyper, 1e-150), 1e150)  # keep the sampled inputs and their squares finite
     lo, hi = 0.01 * min(1.0, hyper), 100.0 * max(1.0, hyper)
     return np.geomspace(lo, hi, 9)
+
+
+def _row_norms(layer: Affine) -> tuple[np.ndarray, np.ndarray]:
+    """Norms ``‖W_i‖`` of rows of ``W`` and their biases ``b_i``.
+
+    Every row of a dense ``W``; for a structured one, :data:`_SIGMA_ROWS` rows
+    evenly spaced over the flat output (``Wᵀ e_i`` by one batched ``rmatvec``),
+    enough for the median that :func:`_sampling_sigmas` takes.
+    """
+    if not layer.structured:
+        return np.linalg.norm(layer.weight, axis=1), layer.bias
+    picked = np.unique(np.round(np.linspace(0, layer.out_dim - 1, min(layer.out_dim, _SIGMA_ROWS))).astype(int))
+    unit = np.zeros((picked.size, layer.out_dim))
+    unit[np.arange(picked.size), picked] = 1.0
+    return np.linalg.norm(layer.weight.rmatvec(unit), axis=1), layer.bias[picked]
 
 
 def _sample(net: Network, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -254,12 +336,14 @@ class _Best:
 
     def __init__(self, n0: int):
         self.value, self.x, self.evaluations = -np.inf, np.zeros(n0), 0
+        self.direction: np.ndarray | None = None  # matrix-free: the input direction of ``value``
 
-    def update(self, x: np.ndarray, norms: np.ndarray) -> None:
+    def update(self, x: np.ndarray, norms: np.ndarray, directions: np.ndarray | None = None) -> None:
         self.evaluations += len(norms)
         i = int(np.argmax(norms))
         if norms[i] > self.value:
             self.value, self.x = float(norms[i]), np.array(x[i])
+            self.direction = None if directions is None else np.array(directions[i])
 
 
 class _SmoothChain:
@@ -421,13 +505,371 @@ def _hill_climb(net: Network, x: np.ndarray, steps: int, lr: float, best: _Best,
 
 def _diverse_starts(x: np.ndarray, norms: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Half the starts: best points of distinct values of ``‖J‖`` (distinct regions); half: random."""
+    return x[_diverse_indices(norms, n, rng)]
+
+
+def _diverse_indices(norms: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the points :func:`_diverse_starts` picks."""
     order = np.argsort(norms)[::-1]
     _, first = np.unique(np.round(norms[order] / max(norms.max(), 1e-300), 9), return_index=True)
     distinct = order[np.sort(first)]
     chosen = list(distinct[: (n + 1) // 2])
-    rest = np.setdiff1d(np.arange(len(x)), chosen)
+    rest = np.setdiff1d(np.arange(len(norms)), chosen)
     chosen += list(rng.choice(rest, size=min(n - len(chosen), len(rest)), replace=False))
-    return x[np.array(chosen, dtype=int)]
+    return np.array(chosen, dtype=int)
+
+
+# ------------------------------------------------------------------ matrix-free Jacobians
+def _record(layers: Sequence, y: np.ndarray) -> tuple[np.ndarray, list]:
+    """Forward pass through ``layers`` at the rows of ``y``, recording what each layer's derivative needs.
+
+    Steps: ``("affine", layer)`` (its weight), ``("diagonal", φ'(z))`` of shape ``(s, m)``,
+    ``("dense", J)`` of shape ``(s, m, n)`` (group activations, implicit layers), ``("select", chosen, n)``
+    (max pool: the flat input index of each output), ``("residual", steps)`` (the branch).
+    The values are the network's own (the same layer calls as :meth:`Network.__call__`).
+    """
+    steps: list = []
+    for layer in layers:
+        if isinstance(layer, Affine):
+            steps.append(("affine", layer))
+            y = layer(y)
+        elif isinstance(layer, ActivationLayer):
+            slopes = _activation_jacobian(layer.activation, y)
+            steps.append(("diagonal" if slopes.ndim == 2 else "dense", slopes))
+            y = layer(y)
+        elif isinstance(layer, MaxPool):
+            chosen = layer.selected_inputs(y)
+            steps.append(("select", chosen, layer.in_dim))
+            y = np.take_along_axis(y, chosen, axis=1)
+        elif isinstance(layer, Residual):
+            y_branch, branch = _record(layer.branch, y)
+            steps.append(("residual", branch))
+            y = y + y_branch
+        elif isinstance(layer, Implicit):
+            y, j_layer = _implicit_jacobian(layer, y)
+            steps.append(("dense", j_layer))
+        else:
+            raise NotApplicableError(f"lower bounds: unknown layer type {type(layer).__name__}")
+    return y, steps
+
+
+def _affine_forward(layer: Affine, t: np.ndarray) -> np.ndarray:
+    """``W`` on the last axis of ``t`` (``(s, k, n) -> (s, k, m)``)."""
+    flat = t.reshape(-1, t.shape[-1])
+    out = layer.weight.matvec(flat) if layer.structured else flat @ layer.weight.T
+    return out.reshape(t.shape[:-1] + (-1,))
+
+
+def _affine_backward(layer: Affine, g: np.ndarray) -> np.ndarray:
+    """``Wᵀ`` on the last axis of ``g`` (``(s, k, m) -> (s, k, n)``)."""
+    flat = g.reshape(-1, g.shape[-1])
+    out = layer.weight.rmatvec(flat) if layer.structured else flat @ layer.weight
+    return out.reshape(g.shape[:-1] + (-1,))
+
+
+def _scatter(g: np.ndarray, chosen: np.ndarray, n_in: int) -> np.ndarray:
+    """Adjoint of the max pool selection: output ``o``'s cotangent is added to input ``chosen[s, o]``."""
+    s, k, n_out = g.shape
+    rows = np.arange(s * k)[:, None] * n_in + np.repeat(chosen, k, axis=0)
+    return np.bincount(rows.ravel(), weights=g.reshape(-1), minlength=s * k * n_in).reshape(s, k, n_in)
+
+
+def _jvp(steps: list, t: np.ndarray) -> np.ndarray:
+    """``J(x_s) t_{s,k}`` for tangents ``t`` of shape ``(s, k, n_in)``."""
+    for step in steps:
+        kind = step[0]
+        if kind == "affine":
+            t = _affine_forward(step[1], t)
+        elif kind == "diagonal":
+            t = t * step[1][:, None, :]
+        elif kind == "dense":
+            t = t @ np.swapaxes(step[1], 1, 2)
+        elif kind == "select":
+            t = np.take_along_axis(t, step[1][:, None, :], axis=2)
+        else:
+            t = t + _jvp(step[1], t)
+    return t
+
+
+def _vjp(steps: list, g: np.ndarray) -> np.ndarray:
+    """``J(x_s)ᵀ g_{s,k}`` for cotangents ``g`` of shape ``(s, k, n_out)``."""
+    for step in reversed(steps):
+        kind = step[0]
+        if kind == "affine":
+            g = _affine_backward(step[1], g)
+        elif kind == "diagonal":
+            g = g * step[1][:, None, :]
+        elif kind == "dense":
+            g = g @ step[1]
+        elif kind == "select":
+            g = _scatter(g, step[1], step[2])
+        else:
+            g = g + _vjp(step[1], g)
+    return g
+
+
+class _Linearization:
+    """The Jacobians ``J(x_s)`` of a network at the rows of ``x``, as maps (matrix-free).
+
+    ``jvp`` applies ``J(x_s)`` to tangent vectors by forward propagation
+    (operators' ``matvec``, activation slopes, max pool selections, residual
+    sums); ``vjp`` applies ``J(x_s)ᵀ`` backwards (``rmatvec`` and the same
+    diagonals and selections transposed).  Both act on ``(s, k, width)``
+    arrays: ``k`` vectors per point.
+    """
+
+    def __init__(self, layers: Sequence, x: np.ndarray):
+        self.n_points, self.in_dim = x.shape
+        output, self.steps = _record(layers, x)
+        self.out_dim = output.shape[1]
+
+    @staticmethod
+    def from_steps(steps: list, n_points: int, in_dim: int, out_dim: int) -> "_Linearization":
+        """A linearization from recorded steps (see :func:`_record`), e.g. with other activation slopes."""
+        lin = object.__new__(_Linearization)
+        lin.steps, lin.n_points, lin.in_dim, lin.out_dim = steps, n_points, in_dim, out_dim
+        return lin
+
+    def jvp(self, t: np.ndarray) -> np.ndarray:
+        return _jvp(self.steps, t)
+
+    def vjp(self, g: np.ndarray) -> np.ndarray:
+        return _vjp(self.steps, g)
+
+    def jacobians(self) -> np.ndarray:
+        """The dense ``(s, n_out, n_in)`` stack, from its narrower side (``min(n_in, n_out)`` passes)."""
+        if self.out_dim <= self.in_dim:
+            eye = np.broadcast_to(np.eye(self.out_dim), (self.n_points, self.out_dim, self.out_dim))
+            return self.vjp(eye)
+        eye = np.broadcast_to(np.eye(self.in_dim), (self.n_points, self.in_dim, self.in_dim))
+        return np.swapaxes(self.jvp(eye), 1, 2)
+
+
+def _layer_walk(layers: Sequence):
+    """Every layer, residual branches opened."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Residual):
+            yield from _layer_walk(layer.branch)
+
+
+def _points_per_chunk(net: Network, k: int) -> int:
+    """Points per matrix-free chunk: ``k`` tangents per point through the widest layer, plus the recorded
+    derivatives, within :data:`_FREE_CHUNK_BYTES`."""
+    widest, recorded = net.input_dim, 0
+    for layer in _layer_walk(net.layers):
+        if isinstance(layer, (Affine, MaxPool, Implicit)):
+            widest = max(widest, layer.out_dim)
+        if isinstance(layer, (MaxPool, ActivationLayer)):
+            recorded += widest if isinstance(layer, MaxPool) or layer.activation.elementwise else widest**2
+        elif isinstance(layer, Implicit):
+            recorded += layer.out_dim * layer.in_dim
+    per_point = 8 * (recorded + 3 * max(k, 1) * widest)
+    return int(max(1, _FREE_CHUNK_BYTES // per_point))
+
+
+def _unit_rows(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``v`` normalised; a zero (or non-finite) row is replaced by a random unit vector."""
+    v = np.array(v, dtype=float)
+    norms = np.linalg.norm(v, axis=1)
+    bad = ~(np.isfinite(norms) & (norms > 0))
+    if np.any(bad):
+        v[bad] = rng.standard_normal((int(bad.sum()), v.shape[1]))
+        norms[bad] = np.linalg.norm(v[bad], axis=1)
+    return v / norms[:, None]
+
+
+def _power_iteration(lin: _Linearization, v: np.ndarray, iterations: int,
+                     tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power iteration on ``J(x_s)ᵀJ(x_s)`` from the unit rows ``v`` (von Mises), all points together.
+
+    Returns ``(‖J v‖₂, v, J v)`` for the final unit iterates ``v``: each value is ``J(x_s)`` applied to
+    an actual vector, hence ``≤ ‖J(x_s)‖₂``, and nondecreasing over the iterations.  Stops after
+    ``iterations`` products or when no value changed by more than ``tol`` (relative) in one step.
+    """
+    previous, iterations = np.zeros(len(v)), max(1, iterations)
+    for step in range(iterations):
+        image = lin.jvp(v[:, None, :])[:, 0]
+        values = np.linalg.norm(image, axis=1)
+        if step == iterations - 1 or np.all(np.abs(values - previous) <= tol * values):
+            break
+        previous = values
+        back = lin.vjp(image[:, None, :])[:, 0]
+        norms = np.linalg.norm(back, axis=1)
+        stuck = ~(np.isfinite(norms) & (norms > 0))  # Jᵀ J v = 0: v keeps its value 0
+        v = np.where(stuck[:, None], v, back / np.where(stuck, 1.0, norms)[:, None])
+    return values, v, image
+
+
+def _top_pairs(lin: _Linearization, rng: np.random.Generator, warm: np.ndarray | None,
+               power: tuple[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(‖J v‖₂, v, J v / ‖J v‖₂)`` per point, ``v`` a unit vector close to the top right singular vector.
+
+    ``min(n_in, n_out) ≤`` :data:`_NARROW_MAX`: ``J`` is formed through its narrow side and ``v`` is its
+    top right singular vector (the value is ``‖J‖₂`` up to rounding); otherwise power iteration
+    (``power``: iterations, tolerance) from ``warm`` (rows) or random vectors.
+    """
+    if min(lin.in_dim, lin.out_dim) <= _NARROW_MAX:
+        jac = lin.jacobians()
+        v = _unit_rows(top_singular_pair(jac)[1], rng)
+        image = np.einsum("smn,sn->sm", jac, v)
+        values = np.linalg.norm(image, axis=1)
+    else:
+        start = rng.standard_normal((lin.n_points, lin.in_dim)) if warm is None else warm
+        values, v, image = _power_iteration(lin, _unit_rows(start, rng), *power)
+    return values, v, image / np.where(values > 0, values, 1.0)[:, None]
+
+
+def _free_norms(net: Network, x: np.ndarray, rng: np.random.Generator, warm: np.ndarray | None = None,
+                power: tuple[int, float] = _POWER_SEARCH) -> tuple[np.ndarray, np.ndarray]:
+    """``(‖J(x_s) v_s‖₂, v_s)`` at the rows of ``x`` (see :func:`_top_pairs`), in chunks of points."""
+    narrow = min(net.input_dim, net.output_dim) <= _NARROW_MAX
+    chunk = _points_per_chunk(net, min(net.input_dim, net.output_dim) if narrow else 1)
+    values, vectors = np.empty(len(x)), np.empty(x.shape)
+    for lo in range(0, len(x), chunk):
+        hi = min(lo + chunk, len(x))
+        lin = _Linearization(net.layers, x[lo:hi])
+        values[lo:hi], vectors[lo:hi], _ = _top_pairs(lin, rng, None if warm is None else warm[lo:hi], power)
+    return values, vectors
+
+
+def _rayleigh(net: Network, x: np.ndarray, v: np.ndarray) -> float:
+    """``‖J(x) v‖₂ / ‖v‖₂`` in float64: one Jacobian-vector product at the point ``x``."""
+    image = _Linearization(net.layers, x[None, :]).jvp(v[None, None, :])[0, 0]
+    return float(np.linalg.norm(image) / np.linalg.norm(v))
+
+
+def _free_hill_climb(net: Network, x: np.ndarray, u: np.ndarray, current: np.ndarray, rounds: int, lr: float,
+                     best: _Best, rng: np.random.Generator) -> None:
+    """Matrix-free :func:`_hill_climb`: move each point along ±``u`` (its top right singular vector) or a random
+    direction, at three step sizes, when that raises ``‖J‖``; candidates' power iterations start from ``u``."""
+    radius = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+    factors = np.array([1.0, 0.1, 0.01])
+    n_cand = 4 * len(factors)
+    for _ in range(rounds):
+        r = _unit_rows(rng.standard_normal(x.shape), rng)
+        dirs = np.stack([u, -u, r, -r], axis=1)  # (s, 4, n)
+        shift = lr * radius[:, :, None] * factors[None, :, None]  # (s, 3, 1)
+        flat = (x[:, None, None, :] + dirs[:, :, None, :] * shift[:, None, :, :]).reshape(-1, x.shape[1])
+        norms, vecs = _free_norms(net, flat, rng, warm=np.repeat(u, n_cand, axis=0))
+        best.update(flat, norms, vecs)
+        norms = norms.reshape(len(x), n_cand)
+        pick = np.argmax(norms, axis=1)
+        top = norms[np.arange(len(x)), pick]
+        better = top > current
+        chosen = np.arange(len(x)) * n_cand + pick
+        x = np.where(better[:, None], flat[chosen], x)
+        u = np.where(better[:, None], vecs[chosen], u)
+        current = np.where(better, top, current)
+
+
+class _FreeSmoothChain(_SmoothChain):
+    """:class:`_SmoothChain` of a feed-forward chain with structured weights, matrix-free.
+
+    The surrogate gradient is the same formula, each product with ``W_k`` or ``W_kᵀ`` an operator
+    call.  The top singular pairs of ``J_τ(x)`` (smoothed slopes) and ``J(x)`` (true slopes) come
+    from a few power iterations (:data:`_POWER_ASCENT`) on both slope sets at once, warm-started
+    from the previous step's vectors (set :attr:`warm` before the first step): the points move
+    little per step.  The values are Rayleigh quotients ``‖J(x) v‖₂ ≤ ‖J(x)‖₂``.
+    """
+
+    def __init__(self, net: Network, rules: list[act.SlopeRestricted], rng: np.random.Generator):
+        super().__init__(net, rules)
+        self.net, self.affine, self.rng = net, net.layers[::2], rng
+        self.warm: np.ndarray | None = None  # last right singular vectors: smoothed rows, then true rows
+
+    def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
+        zs, y = [], x
+        for layer, rule in zip(self.affine, self.rules):
+            z = layer(y)
+            zs.append(z)
+            y = rule.forward(z)
+        return zs
+
+    def _linearization(self, slopes: list[np.ndarray]) -> _Linearization:
+        steps: list = [("affine", self.affine[0])]
+        for layer, d in zip(self.affine[1:], slopes):
+            steps += [("diagonal", d), ("affine", layer)]
+        return _Linearization.from_steps(steps, len(slopes[0]), self.net.input_dim, self.net.output_dim)
+
+    def surrogate_gradient(self, x: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient of ``‖J_τ(x)‖₂`` w.r.t. ``x`` and the value ``‖J(x) v‖₂`` (rows of ``x``, chunked)."""
+        side = min(self.net.input_dim, self.net.output_dim)
+        chunk = max(1, _points_per_chunk(self.net, side if side <= _NARROW_MAX else 1) // 2)  # two slope sets
+        warm = self.warm if self.warm is not None and len(self.warm) == 2 * len(x) else None
+        self.warm = np.empty((2 * len(x), x.shape[1]))
+        grads, norms = np.empty(x.shape), np.empty(len(x))
+        for lo in range(0, len(x), chunk):
+            hi = min(lo + chunk, len(x))
+            rows = np.r_[lo:hi, len(x) + lo : len(x) + hi]  # smoothed, then true, of these points
+            grads[lo:hi], norms[lo:hi], self.warm[rows] = self._chunk_gradient(
+                x[lo:hi], tau, None if warm is None else warm[rows])
+        return grads, norms
+
+    def _chunk_gradient(self, x: np.ndarray, tau: float, warm: np.ndarray | None):
+        hidden = self.pre_activations(x)
+        true = self.true_slopes(hidden)
+        smooth, curv = self.smooth_slopes(hidden, tau)
+        both = self._linearization([np.concatenate([a, b]) for a, b in zip(smooth, true)])
+        if warm is None:
+            values, right, left = _top_pairs(both, self.rng, None, _POWER_SEARCH)
+        else:
+            values, right, image = _power_iteration(both, _unit_rows(warm, self.rng), *_POWER_ASCENT)
+            left = image / np.where(values > 0, values, 1.0)[:, None]
+        s = len(x)
+        u, v = right[:s], left[:s]
+        # h_k: pre-activation of layer k along u; g_k: v pulled back to the output of activation k
+        hs, h = [], _affine_forward(self.affine[0], u)
+        for layer, d in zip(self.affine[1:], smooth):
+            hs.append(h)
+            h = _affine_forward(layer, d * h)
+        gs, g = [], _affine_backward(self.affine[-1], v)
+        for layer, d in zip(self.affine[-2:0:-1], smooth[:0:-1]):
+            gs.append(g)
+            g = _affine_backward(layer, d * g)
+        gs = (gs + [g])[::-1]
+        t = np.zeros_like(hs[-1])
+        for k in range(len(hidden) - 1, -1, -1):
+            t = _affine_backward(self.affine[k], t + gs[k] * hs[k] * curv[k])
+            if k > 0:
+                t = t * true[k - 1]
+        return t, values[s:], right
+
+
+def _matrix_free_lower_bound(net: Network, n_starts: int, steps: int, seed: int, lr: float,
+                             n_samples: int | None) -> LowerBound:
+    """:func:`gradient_lower_bound` without dense matrices (see its docstring)."""
+    rng = np.random.default_rng(seed)
+    best = _Best(net.input_dim)
+    x = _sample(net, n_samples or max(1024, 32 * n_starts), rng)
+    norms, vecs = _free_norms(net, x, rng)
+    best.update(x, norms, vecs)
+    picked = _diverse_indices(norms, max(1, n_starts), rng)
+    rules = _chain_rules(net)
+    if steps > 0 and rules is not None and len(net.layers) > 1:
+        chain = _FreeSmoothChain(net, rules, rng)
+        chain.warm = np.concatenate([vecs[picked], vecs[picked]])
+        _smooth_ascent(chain, x[picked], max(1, steps // 4), lr, best)
+    elif steps > 0 and not (len(net.layers) == 1 and isinstance(net.layers[0], Affine)):  # else J is constant
+        _free_hill_climb(net, x[picked], vecs[picked], norms[picked], max(1, steps // 20), lr, best, rng)
+    # the reported pair (x, v): v recomputed at x (power iteration polished from the search's v, if any)
+    warm = None if best.direction is None else best.direction[None]
+    candidates = [_free_norms(net, best.x[None], rng, warm=warm, power=_POWER_FINAL)[1][0]]
+    candidates += [] if best.direction is None else [best.direction]
+    values = [_rayleigh(net, best.x, v) for v in candidates]
+    i = int(np.argmax(values))
+    return LowerBound(values[i], best.x, best.evaluations, "gradient", candidates[i])
+
+
+def _use_dense(net: Network) -> bool:
+    """Whether a structured net goes through :meth:`Network.densified` (see :data:`_DENSE_MAX_BYTES`)."""
+    layers = list(_layer_walk(net.layers))
+    entries = sum(l.out_dim * l.in_dim for l in layers if isinstance(l, Affine))
+    widest = max([net.input_dim] + [l.out_dim for l in layers if isinstance(l, (Affine, MaxPool, Implicit))])
+    # the elementwise chain multiplies from the narrower end; other nets propagate the n_in columns forward
+    columns = min(net.input_dim, net.output_dim) if _chain_rules(net) is not None else net.input_dim
+    return (8 * entries <= _DENSE_MAX_BYTES and 8 * _CHUNK * widest * columns <= _DENSE_MAX_BYTES
+            and columns * entries <= _DENSE_MAX_MACS)
 
 
 def gradient_lower_bound(
@@ -452,6 +894,21 @@ def gradient_lower_bound(
     The returned value is ``‖J(x)‖₂`` (SVD, float64) at the best point found, a
     true lower bound on the ℓ2 Lipschitz constant.
 
+    Structured (convolutional) networks run this on :meth:`Network.densified`
+    when that is cheap (:func:`_use_dense`).  Otherwise the search runs
+    matrix-free (:class:`_Linearization`): at every sampled point, ``‖J(x)‖₂``
+    and its top right singular vector ``v`` come from ``J`` formed through its
+    narrow side (at most :data:`_NARROW_MAX` Jacobian-vector or
+    vector-Jacobian products) or from power iteration on ``JᵀJ`` (von Mises);
+    then a feed-forward elementwise chain gets ``max(1, steps // 4)`` steps of
+    the same smoothed ascent (:class:`_FreeSmoothChain`, no region walk), any
+    other net ``max(1, steps // 20)`` rounds of hill climbing along ``±v`` or
+    a random direction (12 candidates per start and round).  The value
+    returned is the Rayleigh quotient ``‖J(x) v‖₂ / ‖v‖₂`` at the best pair
+    ``(x, v)`` found (``v`` polished by power iteration at ``x``), evaluated in
+    float64: ``≤ ‖J(x)‖₂``, a true lower bound too, never an extrapolation;
+    ``LowerBound.direction`` holds ``v``.
+
     Parameters
     ----------
     net
@@ -471,6 +928,10 @@ def gradient_lower_bound(
     -------
     LowerBound
     """
+    if net.is_structured:
+        if not _use_dense(net):
+            return _matrix_free_lower_bound(net, n_starts, steps, seed, lr, n_samples)
+        net = net.densified()
     rng = np.random.default_rng(seed)
     best = _Best(net.input_dim)
     x = _sample(net, n_samples or max(1024, 32 * n_starts), rng)
@@ -483,7 +944,7 @@ def gradient_lower_bound(
         ends = _smooth_ascent(chain, starts, steps, lr, best)
         if all(k is not None for k in chain.kinks):
             _region_walk(chain, ends, max(1, steps // 4), best)
-    elif steps > 0 and len(net.layers) > 1:
+    elif steps > 0 and (len(net.layers) > 1 or net.has_max_pool):
         _hill_climb(net, starts, max(1, steps // 4), lr, best, rng)
     return LowerBound(_exact_norm(net, best.x), best.x, best.evaluations, "gradient")
 
@@ -502,9 +963,17 @@ def finite_difference_lower_bound(
     e = rng.standard_normal(x.shape)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     y = x + relative_step * np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0) * e
-    ratios = np.linalg.norm(net(x) - net(y), axis=1) / np.linalg.norm(x - y, axis=1)
+    ratios = np.linalg.norm(_evaluate(net, x) - _evaluate(net, y), axis=1) / np.linalg.norm(x - y, axis=1)
     i = int(np.argmax(ratios))
     return LowerBound(float(ratios[i]), x[i], 2 * n_pairs, "finite-difference")
+
+
+def _evaluate(net: Network, x: np.ndarray) -> np.ndarray:
+    """``net(x)``; a structured net in chunks of rows, so that wide feature maps stay within memory."""
+    if not net.is_structured:
+        return net(x)
+    chunk = _points_per_chunk(net, 0)
+    return np.concatenate([net(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 # -------------------------------------------------------------- exact pattern search
@@ -718,10 +1187,11 @@ def exact_pattern_bound(net: Network, *, max_regions: int | None = DEFAULT_MAX_R
     Raises
     ------
     NotApplicableError
-        Not feed-forward, other activations, or more than 16 hidden neurons.
+        Not feed-forward, other activations, more than 16 hidden neurons, or a max pool.
     ProblemTooLargeError
         More than ``max_regions`` possible regions.
     """
+    net = _pattern_network(net)
     weights, boxes, kinks = _pattern_setup(net)
     widths = [w.shape[0] for w in weights[:-1]]
     regions = region_bound(net.input_dim, widths)
@@ -736,6 +1206,19 @@ def exact_pattern_bound(net: Network, *, max_regions: int | None = DEFAULT_MAX_R
         witnesses = _RegionSearch(weights, list(net.biases), kinks, bar=bar).run()
     best = witnesses[int(np.argmax(jacobian_norms(net, witnesses)))]
     return PatternBound(_max_all_patterns(weights, boxes), _exact_norm(net, best), 2 ** sum(widths), len(witnesses), best)
+
+
+def _pattern_network(net: Network) -> Network:
+    """``net`` with dense weights for the pattern search (a tiny conv net is densified after the checks)."""
+    if net.has_max_pool:
+        raise NotApplicableError(
+            "exact_pattern_bound enumerates the patterns of a chain Linear, activation, …, Linear; a max pool is "
+            "another piecewise-linear layer it does not enumerate: use the method 'lower' (gradient_lower_bound)"
+        )
+    if net.is_structured:
+        _pattern_setup(net)  # refuse unsuitable nets before any dense matrix is written out
+        net = net.densified()
+    return net
 
 
 def _check_regions(regions: int, max_regions: int | None, input_dim: int, widths: Sequence[int]) -> None:

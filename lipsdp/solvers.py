@@ -52,8 +52,8 @@ class SolveResult:
 class SolverSpec:
     """A registered back end.
 
-    ``priority``: higher is preferred by the automatic choice; ``max_size``:
-    largest total LMI size the automatic choice gives it (None: no limit);
+    ``priority``: higher is preferred by the automatic choice; ``max_size`` / ``min_size``:
+    largest / smallest total LMI size the automatic choice gives it (None: no limit);
     ``applies``: optional predicate on the SDP; ``options``: the keyword options
     ``solve`` accepts, or a function returning them (None: the named keyword
     parameters of ``solve`` after the SDP; a catch-all ``**kwargs`` accepts nothing more).
@@ -65,6 +65,7 @@ class SolverSpec:
     priority: int = 0
     max_size: int | None = None
     applies: Callable[[SDP], bool] | None = None
+    min_size: int | None = None
     options: Iterable[str] | Callable[[], Iterable[str]] | None = None
 
 
@@ -260,7 +261,7 @@ from .ipm import register as _register_ipm  # noqa: E402  (lipsdp/ipm.py: the de
 
 _register_ipm()
 
-from .firstorder import register as _register_firstorder  # noqa: E402  (experimental, explicit use only)
+from .firstorder import register as _register_firstorder  # noqa: E402  (automatic above ipm's size, chains only)
 
 _register_firstorder()
 
@@ -276,6 +277,8 @@ def _automatic_candidates(sdp: SDP | None):
         if spec.priority < 0:
             continue
         if sdp is not None and spec.max_size is not None and sdp.size > spec.max_size:
+            continue
+        if sdp is not None and spec.min_size is not None and sdp.size < spec.min_size:
             continue
         if sdp is not None and spec.applies is not None and not spec.applies(sdp):
             continue

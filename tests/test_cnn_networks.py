@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -188,7 +189,7 @@ def test_a_cnn_without_input_shape_is_a_typed_error():
 def test_linear_on_an_unflattened_map_and_group_activations_on_maps_are_refused():
     with pytest.raises(UnsupportedLayerError, match="Flatten"):
         Network.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 2)), input_shape=(1, 4, 4))
-    from lmi.layers import MaxMin
+    from lipsdp.nn import MaxMin
 
     with pytest.raises(UnsupportedLayerError, match="feature map"):
         Network.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), MaxMin(), nn.Flatten(), nn.Linear(8, 2)),
@@ -217,7 +218,9 @@ def test_cli_estimates_a_torchscript_cnn(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(2 * 4, 2)).eval()
     path = tmp_path / "cnn.pt"
-    torch.jit.script(model).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates torch.jit
+        torch.jit.script(model).save(str(path))
     ok = subprocess.run([sys.executable, "-m", "lipsdp", "estimate", str(path), "--input-shape", "1,4,4",
                          "--method", "naive"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

@@ -70,6 +70,14 @@ def _torch_model():
                                torch.nn.Linear(5, 2))
 
 
+def _torch_cnn():
+    """A small CNN on 1x28x28 inputs (the README's ``cnn.pt``)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 2, 4, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 7 * 7, 3))
+
+
 def _write_mat(path: Path, key: str) -> None:
     rng = np.random.default_rng(1)
     cells = np.empty((1, 4), dtype=object)
@@ -82,7 +90,7 @@ def make_model_file(path: Path) -> None:
     """A small model at ``path``, of the kind its name and extension say (see the README's formats)."""
     if path.suffix in (".pt", ".pth"):
         torch = pytest.importorskip("torch")
-        model = _torch_model()
+        model = _torch_cnn() if "cnn" in path.name else _torch_model()
         if "state_dict" in path.name:
             torch.save(model.state_dict(), path)
         else:
@@ -111,7 +119,9 @@ def _option(argv: list[str], name: str, default: str | None = None) -> str | Non
 
 def _file_network(argv: list[str]) -> lipsdp.Network:
     path = next(a for a in argv if _MODEL_FILE.search(a))
-    return load_network(path, activation=_option(argv, "--activation"), structure=_option(argv, "--structure"))
+    shape = _option(argv, "--input-shape")
+    return load_network(path, activation=_option(argv, "--activation"), structure=_option(argv, "--structure"),
+                        input_shape=None if shape is None else tuple(int(v) for v in shape.split(",")))
 
 
 def _estimated(out: str, argv: list[str]) -> tuple[str, float]:
