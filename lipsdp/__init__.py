@@ -10,10 +10,12 @@ from . import activation_registry  # the one activation registry (torch types, s
 from .api import as_network, compare, estimate
 from .certify import Certificate, certify
 from .claims import ClaimCheck, check_claim
+from .conv_norms import ConvNorm, conv_norm
 from .errors import LipSDPError
 from .graph import SignalGraph, build_graph
 from .methods import LipschitzBound, methods, register_method
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
+from .pooling import MaxPool
 from .solvers import register_solver, solvers
 from . import linf, rr, wellposed  # ℓ∞ SDPs, the lipsdp-rr baseline, well-posedness of implicit layers
 from . import nn_convert  # torch converters of lipsdp.nn modules (torch imported lazily)
@@ -29,6 +31,7 @@ __all__ = [
     "Implicit",
     "LipSDPError",
     "LipschitzBound",
+    "MaxPool",
     "Network",
     "Residual",
     "SignalGraph",
@@ -39,6 +42,8 @@ __all__ = [
     "check_claim",
     "ClaimCheck",
     "compare",
+    "conv_norm",
+    "ConvNorm",
     "errors",
     "estimate",
     "methods",

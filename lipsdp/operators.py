@@ -572,8 +572,8 @@ class ConvOperator(LinearOperator):
 
     # -- norms
     def norm_bound(self) -> Scaled:
-        """Certified ``‖A‖₂`` bound from :func:`lipsdp.conv_norm.conv_norm_bound`."""
-        from .conv_norm import conv_norm_bound
+        """Certified ``‖A‖₂`` bound from :func:`lipsdp.conv_norms.conv_norm_bound`."""
+        from .conv_norms import conv_norm_bound
 
         return normalized(conv_norm_bound(self))
 

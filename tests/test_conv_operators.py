@@ -361,7 +361,7 @@ def test_composed_norm_bound_without_convolutions():
 
 
 def test_norm_bounds_from_conv_norm():
-    pytest.importorskip("lipsdp.conv_norm")
+    pytest.importorskip("lipsdp.conv_norms")
     rng = np.random.default_rng(14)
     for mode in ops.PADDING_MODES:
         conv = _conv(rng, mode)
