@@ -31,7 +31,8 @@ class UnsupportedLayerError(LipSDPError, TypeError):
         self.unsupported = list(unsupported)
         self.supported = supported
         lines = "\n".join(f"  - {path or '<root>'}: {kind}" for path, kind in self.unsupported)
-        tail = f"Supported: {supported} (BatchNorm1d and Dropout in eval mode)." if supported else ""
+        tail = (f"Supported: {supported} (BatchNorm and Dropout in eval mode; convolutions and pooling with "
+                "input_shape=(C, H, W))." if supported else "")
         super().__init__(f"{len(self.unsupported)} unsupported module(s) in the model:\n{lines}\n{tail}".rstrip())
 
 

@@ -107,12 +107,12 @@ def test_batchnorm_in_training_mode_is_an_error_naming_the_path():
 
 
 def test_every_unsupported_module_listed_in_one_error():
-    model = nn.Sequential(nn.Linear(2, 3), nn.GELU(), nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 1)), nn.LayerNorm(3),
+    model = nn.Sequential(nn.Linear(2, 3), nn.GELU(), nn.Sequential(nn.ReLU(), nn.ConvTranspose1d(1, 1, 1)), nn.LayerNorm(3),
                           nn.Linear(3, 1))
     with pytest.raises(UnsupportedLayerError) as info:
         network_from_torch(model)
-    assert info.value.unsupported == [("1", "GELU"), ("2.1", "Conv1d"), ("3", "LayerNorm")]
-    for text in ("1: GELU", "2.1: Conv1d", "3: LayerNorm"):
+    assert info.value.unsupported == [("1", "GELU"), ("2.1", "ConvTranspose1d"), ("3", "LayerNorm")]
+    for text in ("1: GELU", "2.1: ConvTranspose1d", "3: LayerNorm"):
         assert text in str(info.value)
 
 
