@@ -59,6 +59,8 @@ _ETA = float(np.nextafter(0.0, 1.0))  # smallest positive subnormal: the absolut
 PADDING_MODES = ("zeros", "circular", "reflect")
 #: a composition with at most this many matrix entries is also bounded through its dense matrix
 DENSE_NORM_MAX_ENTRIES = 4_000_000
+#: ... and at most this many columns: the dense matrix costs one pass through every part per column
+DENSE_NORM_MAX_COLUMNS = 4096
 #: memory per chunk of identity columns in :meth:`LinearOperator.to_dense`
 _CHUNK_BYTES = 64 << 20
 
@@ -913,8 +915,8 @@ class ComposedOperator(LinearOperator):
     # -- norms
     def norm_bound(self) -> Scaled:
         """Certified ``‖A‖₂``: the product of the parts' bounds, or, for at most
-        :data:`DENSE_NORM_MAX_ENTRIES` entries, the dense route of
-        :meth:`_dense_bounds` when that is smaller."""
+        :data:`DENSE_NORM_MAX_ENTRIES` entries and :data:`DENSE_NORM_MAX_COLUMNS` columns, the
+        dense route of :meth:`_dense_bounds` when that is smaller."""
         return self._best(2)
 
     def inf_norm_bound(self) -> Scaled:
@@ -923,7 +925,7 @@ class ComposedOperator(LinearOperator):
 
     def _best(self, norm) -> Scaled:
         candidates = [self._product_bound(norm)]
-        if self.out_size * self.in_size <= DENSE_NORM_MAX_ENTRIES:
+        if self.out_size * self.in_size <= DENSE_NORM_MAX_ENTRIES and self.in_size <= DENSE_NORM_MAX_COLUMNS:
             dense = self._dense_bounds(norm)
             if dense is not None:
                 candidates.append(dense)
