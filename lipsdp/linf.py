@@ -189,7 +189,8 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
         ``value`` = max over the requested functionals; ``details["per_row"]``
         maps each functional (``"i"`` or ``"i-j"``) to its certified bound.
     """
-    from .methods import LipschitzBound, as_float, power_of_two_rescaling, shifted
+    from .methods import LipschitzBound, as_float, power_of_two_rescaling
+    from .scaled import shifted
     from .solvers import solve
     from .wellposed import check_network_well_posed
 

@@ -33,8 +33,8 @@ from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual, is_operator, max_abs_entry
 from .operators import max_row_abs_sum_bound
 from .pooling import MaxPool
-from .scaled import Scaled, from_float, one_plus, shifted, times
 from .runtime import blas_threads, heap_reuse, threads_for_size
+from .scaled import Scaled, from_float, one_plus, shifted, times
 from .solvers import solve
 
 

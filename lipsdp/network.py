@@ -2,13 +2,17 @@
 
 A network is a sequence of layers:
 
-* :class:`Affine` ``x ↦ W x + b``;
+* :class:`Affine` ``x ↦ W x + b``, ``W`` a dense matrix or a structured operator
+  (:mod:`lipsdp.operators`: convolutions, average pooling, per-channel scaling, their
+  compositions) acting on flat vectors (a ``(C, H, W)`` feature map flattened C-major);
 * :class:`ActivationLayer` ``x ↦ φ(x)`` with an activation rule from
   :mod:`lipsdp.activations`;
 * :class:`Residual` ``x ↦ x + branch(x)`` where ``branch`` is itself a
   sequence of layers (e.g. ``φ(W x)`` or ``W₂ φ(W₁ x)``);
 * :class:`Implicit` equilibrium layers ``z = φ(W z + U x + b)``, output
-  ``C z + D x`` (see :mod:`lipsdp.graph`).
+  ``C z + D x`` (see :mod:`lipsdp.graph`);
+* :class:`~lipsdp.pooling.MaxPool` max pooling (not linear; its constant is in
+  :mod:`lipsdp.pooling`).
 
 Consecutive affine layers are merged (this folds eval-mode BatchNorm into the
 neighbouring Linear), and so is an activation layer whose every neuron has one
@@ -33,7 +37,7 @@ import numpy as np
 
 from . import activations as act
 from .errors import InvalidWeightsError, ShapeMismatchError
-from .operators import LinearOperator
+from .operators import LinearOperator, compose
 from .pooling import MaxPool
 
 
@@ -108,13 +112,9 @@ def scale_weight(weight: Any, factor: float) -> Any:
 
 
 def compose_weights(first: Any, second: Any) -> Any:
-    """The linear map ``second ∘ first``: a dense product, or a structured composition when either is an operator."""
-    if is_operator(first):
-        return first.compose(second)
-    if is_operator(second):
-        from .operators import ComposedOperator
-
-        return ComposedOperator((first, second))
+    """The linear map ``second ∘ first``: a dense product, or a structured one (:func:`lipsdp.operators.compose`)."""
+    if is_operator(first) or is_operator(second):
+        return compose(first, second)
     return second @ first
 
 
@@ -134,13 +134,8 @@ class Affine:
 
     @staticmethod
     def create(weight: Any, bias: Any = None, name: str = "") -> "Affine":
-        if is_operator(weight):
-            w = weight
-            out = w.shape[0]
-        else:
-            w = as_matrix(weight, f"weight of {name or 'affine layer'}")
-            out = w.shape[0]
-        b = as_vector(bias, out, f"bias of {name or 'affine layer'}")
+        w = weight if is_operator(weight) else as_matrix(weight, f"weight of {name or 'affine layer'}")
+        b = as_vector(bias, w.shape[0], f"bias of {name or 'affine layer'}")
         return Affine(w, b, name)
 
     @property

@@ -277,7 +277,7 @@ def _weight_drift(first: list, second: list) -> float:
     return drift
 
 
-def _needs_shape(layer, path: str) -> InputShapeRequiredError:
+def _needs_shape(path: str) -> InputShapeRequiredError:
     return InputShapeRequiredError(
         f"the layer at {path!r} is a convolution or pooling layer: its matrix, and so the bound, depends on the "
         "size of the image it sees, which the model does not store. Pass input_shape=(C, H, W) (or (C, L) for "
@@ -334,7 +334,7 @@ def resolve_placeholders(layers: list, shape: tuple | None = None) -> tuple[list
         if isinstance(layer, (WidthDependent, ShapeDependent)):
             if shape is None:
                 if isinstance(layer, ShapeDependent):
-                    raise _needs_shape(layer, layer.name)
+                    raise _needs_shape(layer.name)
                 reason = ("its layers depend on the width of its input, which no earlier layer fixes: "
                           "put a Linear layer before it")
                 raise UnsupportedLayerError([(layer.name, reason)], supported_modules())
