@@ -536,7 +536,9 @@ def write_outputs(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     csv = out_dir / "bench_cnn.csv"
     if csv.exists():  # a run of some cases keeps the other networks' rows of the last run
         ran = {row["network"] for row in rows}
-        kept = pd.read_csv(csv).astype(object).where(lambda t: t.notna(), None).to_dict("records")
+        kept = pd.read_csv(csv, keep_default_na=False, na_values=[""]).to_dict("records")
+        for row in kept:  # text columns read back as "" where empty, numbers as NaN, as _row makes them
+            row.update({k: "" for k in ("solver", "status", "note") if not isinstance(row[k], str)})
         rows = [row for row in kept if row["network"] not in ran] + list(rows)
     with atomic_path(csv) as tmp:
         pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False)
