@@ -24,6 +24,7 @@ from .certify import (
     split_head,
     uniform_pair_lipschitz,
 )
+from .cnn import CNN_PARAMETERIZATIONS, LipschitzCNN, lipschitz_cnn
 from .conv import BROConv2d, CayleyConv2d, SandwichConv2d
 from .conv_spatial import AOLConv2d, SLLConv2d
 from .data import IMAGE_DATASETS, ImageDataset, load_images, read_idx
@@ -91,6 +92,7 @@ __all__ = [
     "body_lipschitz_bound", "certified_accuracy", "certified_mask", "certified_radius", "empirical_lipschitz",
     "jacobian_norms", "margins", "pair_lipschitz", "split_head", "uniform_pair_lipschitz",
     "AOLConv2d", "BROConv2d", "CayleyConv2d", "SandwichConv2d", "SLLConv2d",
+    "CNN_PARAMETERIZATIONS", "LipschitzCNN", "lipschitz_cnn",
     "GershgorinResidual", "GershgorinResidualConv2d", "LDLTResidual", "LDLTResidualConv2d",
     "IMAGE_DATASETS", "ImageDataset", "load_images", "read_idx",
     "LOSSES", "get_loss", "logit_annealing_loss", "margin_hinge_loss", "offset_cross_entropy",

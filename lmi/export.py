@@ -2,10 +2,14 @@
 
 ``to_plain(model)`` returns an ``nn.Sequential`` of ``nn.Linear`` and activation
 modules computing the same function (outputs equal to ~1e-6 in float64), which
-``lipsdp.estimate`` can certify independently.
+``lipsdp.estimate`` can certify independently.  It also exports the CNNs of
+:func:`lmi.lipschitz_cnn` and any other module with its own ``to_plain`` (the conv
+layers and blocks of :mod:`lmi.conv`, :mod:`lmi.conv_spatial`, :mod:`lmi.residual`,
+:mod:`lmi.blocks`), whose exports hold ``nn.Conv2d`` modules: certify those with
+``lipsdp.estimate(plain, input_shape=(C, H, W))``.
 
-Every function here takes ``lmi`` networks (:class:`lmi.models.LipschitzMLP`) only,
-and re-checks that the network's activation is covered by its parameterization's
+The witness functions take ``lmi`` MLPs (:class:`lmi.models.LipschitzMLP`) only.  Every
+function re-checks that the network's activation is covered by its parameterization's
 proof before exporting or checking anything (it may have been swapped after
 construction).
 """
@@ -35,8 +39,9 @@ def _require_lmi_model(model, what: str) -> None:
     """
     if not isinstance(model, LipschitzMLP):
         raise UnsupportedModelError(
-            f"{what} takes an lmi network (built by lmi.lipschitz_mlp), got {type(model).__name__}; "
-            f"for other torch models use lipsdp.estimate(model)"
+            f"{what} takes an lmi network (built by lmi.lipschitz_mlp"
+            + (", or lmi.lipschitz_cnn and other modules with a to_plain method" if what == "to_plain" else "")
+            + f"), got {type(model).__name__}; for other torch models use lipsdp.estimate(model)"
         )
     model.require_covered_activation()
 
@@ -65,7 +70,10 @@ def to_plain(model, dtype=None) -> nn.Sequential:
 
     Parameters
     ----------
-    model : lmi network (:class:`lmi.models.LipschitzMLP`)
+    model : lmi network (:class:`lmi.models.LipschitzMLP`), or a module with its own
+        ``to_plain(dtype=None)`` (:class:`lmi.cnn.LipschitzCNN`, the lmi conv layers and
+        blocks), whose export this returns (``nn.Conv2d`` modules included; lipsdp needs
+        ``input_shape=(C, H, W)`` for it)
     dtype : torch.float32 or torch.float64, optional
         Dtype of the exported weights (default: the model's).
 
@@ -81,6 +89,11 @@ def to_plain(model, dtype=None) -> nn.Sequential:
     ------
     UnsupportedModelError, ActivationNotCoveredError, UnsupportedDtypeError
     """
+    if not isinstance(model, LipschitzMLP) and callable(getattr(model, "to_plain", None)):
+        if dtype is not None:
+            resolve_dtype(dtype)
+        # the module's own export re-checks its activations (lmi layers and LipschitzCNN do)
+        return model.to_plain(dtype=dtype) if dtype is not None else model.to_plain()
     _require_lmi_model(model, "to_plain")
     if dtype is not None:
         resolve_dtype(dtype)

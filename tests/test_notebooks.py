@@ -32,6 +32,8 @@ FIGURES = {
     "01_estimate_bounds": {"01_estimate_bounds.png"},
     "02_beyond_slope_restricted": {"02_beyond_slope_restricted.png"},
     "03_train_lipschitz_models": {"lmi_certified_accuracy.png"},
+    "04_cnn_bounds": {"04_cnn_bounds.png"},
+    "05_certified_image_classifiers": {"05_certified_image_classifiers.png"},
 }
 NAN_TAG = "nan-explained"
 NAN = re.compile(r"\bnan\b|<NA>", re.IGNORECASE)
