@@ -87,7 +87,6 @@ from .errors import (
 from .layers import (
     ActivationOwner,
     AOLLinear,
-    CachedWeights,
     CayleyLinear,
     SandwichLinear,
     SLLBlock,
@@ -144,7 +143,7 @@ def _export_in(module: nn.Module, dtype, build) -> nn.Sequential:
 
 
 class ChannelResize(nn.Module):
-    r"""Zero-pad a feature map to ``c_out`` channels (``c_out ≥ c_in``) or keep its first ``c_out`` (``c_out < c_in``).
+    r"""Zero-pad a feature map to ``c_out ≥ c_in`` channels, or keep its first ``c_out < c_in`` channels.
 
     Both are ``x ↦ E x`` with ``E = [I; 0]`` (an isometry: ``EᵀE = I``) or ``E = [I 0]`` (a
     co-isometry: ``E Eᵀ = I``), so ``‖E‖₂ = 1``.  Export: a 1×1 ``nn.Conv2d`` without bias holding
