@@ -674,9 +674,9 @@ def conv_bias(module, out_shape: Sequence[int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- pooling
-def _pool_output(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
-    """torch's ``pooling_output_shape`` (aten/src/ATen/native/Pool.h), dilation 1."""
-    numerator = n + 2 * p - (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+def pool_output_size(n: int, k: int, s: int, p: int, ceil_mode: bool, d: int = 1) -> int:
+    """torch's ``pooling_output_shape`` (aten/src/ATen/native/Pool.h) along one axis."""
+    numerator = n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
     size = numerator // s + 1
     if ceil_mode and (size - 1) * s >= n + p:
         size -= 1
@@ -716,7 +716,7 @@ def avg_pool_operator(in_shape: Sequence[int], kernel_size, stride=None, padding
             "count_include_pad=False with padding > 0 divides border windows by fewer entries, so the pooling is "
             "not a convolution; use count_include_pad=True (torch's default) or padding=0"
         )
-    if ceil_mode and any(_pool_output(n, k, s, p, True) != _pool_output(n, k, s, p, False)
+    if ceil_mode and any(pool_output_size(n, k, s, p, True) != pool_output_size(n, k, s, p, False)
                          for n, k, s, p in zip(in_shape[1:], kernel, stride, padding)):
         raise NotApplicableError(
             f"ceil_mode=True adds a partial window at the border of input {in_shape[1:]} (kernel {kernel}, stride "

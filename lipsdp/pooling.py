@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import NotApplicableError, ShapeMismatchError
+from .operators import pool_output_size
 
 
 def _per_axis(value, dims: int, what: str) -> tuple:
@@ -71,7 +72,7 @@ class MaxPool:
                     f"max pool {self.name!r}: kernel {k}, stride {s}, padding {p}, dilation {d} are not valid "
                     "(positive kernel, stride and dilation; padding at most half the kernel, as torch requires)"
                 )
-            size = (n + 2 * p - d * (k - 1) - 1) // s + 1
+            size = pool_output_size(n, k, s, p, False, d)
             if size < 1:
                 raise ShapeMismatchError(f"max pool {self.name!r}: kernel {k} does not fit an input of size {n}")
             spatial.append(size)
@@ -95,13 +96,8 @@ class MaxPool:
         return layer
 
     def _ceil_output(self) -> tuple:
-        spatial = []
-        for n, k, s, p, d in zip(self.in_shape[1:], self.kernel, self.stride, self.padding, self.dilation):
-            size = -(-(n + 2 * p - d * (k - 1) - 1) // s) + 1
-            if (size - 1) * s >= n + p:  # torch drops a last window that starts in the right padding
-                size -= 1
-            spatial.append(size)
-        return (self.in_shape[0],) + tuple(spatial)
+        geometry = zip(self.in_shape[1:], self.kernel, self.stride, self.padding, self.dilation)
+        return (self.in_shape[0],) + tuple(pool_output_size(n, k, s, p, True, d) for n, k, s, p, d in geometry)
 
     @property
     def in_dim(self) -> int:
