@@ -261,7 +261,28 @@ class LipschitzLinear(ActivationOwner, nn.Module):
                 f"gamma={float(self.gamma):.4g}")
 
 
-class SandwichDense(ActivationOwner, nn.Module):
+class _GammaScaled(ActivationOwner, nn.Module):
+    """``x ↦ γ · inner(x)`` for a 1-Lipschitz lmi layer ``self.inner``: ``γ``-Lipschitz.
+
+    Subclasses set ``self.inner`` and the ``gamma`` buffer, and write their own export.
+    """
+
+    activation_needs = SLOPE_IN_0_1
+
+    @property
+    def activation(self) -> nn.Module:
+        return self.inner.activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.inner(x)
+
+    def lipschitz_bound(self) -> float:
+        """``γ``, after re-checking the activation."""
+        self.inner.require_covered_activation()
+        return float(self.gamma)
+
+
+class SandwichDense(_GammaScaled):
     r"""Dense sandwich layer times ``γ``: ``x ↦ γ √2 Aᵀ Ψ σ(√2 Ψ⁻¹ B x + b)``, ``γ``-Lipschitz.
 
     :class:`~lmi.layers.SandwichLinear` (Wang & Manchester, ICML 2023) satisfies the LipSDP LMI
@@ -270,39 +291,25 @@ class SandwichDense(ActivationOwner, nn.Module):
     by ``γ`` scales ``ρ`` by ``γ²``.  Export: ``Linear(W_1, b), σ, Linear(γ W_2)``.
     """
 
-    activation_needs = SLOPE_IN_0_1
-
     def __init__(self, in_features: int, out_features: int, activation=None, gamma: float = 1.0,
                  dtype=None, device=None) -> None:
         super().__init__()
         fk = factory_kwargs(dtype, device)
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
-        self.layer = SandwichLinear(in_features, out_features, activation=activation, **fk)
+        self.inner = SandwichLinear(in_features, out_features, activation=activation, **fk)
         self.register_buffer("gamma", torch.tensor(check_gamma(gamma, fk["dtype"]), **fk))
-
-    @property
-    def activation(self) -> nn.Module:
-        return self.layer.activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.layer(x)
-
-    def lipschitz_bound(self) -> float:
-        """``γ``, after re-checking the activation."""
-        self.layer.require_covered_activation()
-        return float(self.gamma)
 
     def to_plain(self, dtype=None) -> nn.Sequential:
         """``Sequential(Linear(√2 Ψ⁻¹ B, b), σ, Linear(γ √2 Aᵀ Ψ, no bias))``."""
-        self.layer.require_covered_activation()
+        self.inner.require_covered_activation()
 
         def build():
-            A, B, psi = (t.detach() for t in self.layer.computed())
+            A, B, psi = (t.detach() for t in self.inner.computed())
             s = math.sqrt(2.0)
             W1 = s * B / psi.unsqueeze(1)
             W2 = self.gamma * (s * (A.transpose(0, 1) * psi.unsqueeze(0)))
-            return [_linear(W1, self.layer.bias.detach()), copy.deepcopy(self.activation), _linear(W2, None)]
+            return [_linear(W1, self.inner.bias.detach()), copy.deepcopy(self.activation), _linear(W2, None)]
 
         return _export_in(self, dtype, build)
 
@@ -310,7 +317,7 @@ class SandwichDense(ActivationOwner, nn.Module):
         return f"{self.in_features}, {self.out_features}, gamma={float(self.gamma):.4g}"
 
 
-class SLLDense(ActivationOwner, nn.Module):
+class SLLDense(_GammaScaled):
     r"""Dense SLL block times ``γ``: ``x ↦ γ (x − 2 Vᵀ T⁻¹ σ(V x + b))`` (Araujo et al., ICLR 2023).
 
     :class:`~lmi.layers.SLLBlock` is 1-Lipschitz (``T ⪰ V Vᵀ`` by Gershgorin, slope-[0, 1]
@@ -318,34 +325,20 @@ class SLLDense(ActivationOwner, nn.Module):
     T⁻¹))`` (:class:`lipsdp.nn.Residual`), then ``Linear(γ I)`` when ``γ ≠ 1``.
     """
 
-    activation_needs = SLOPE_IN_0_1
-
     def __init__(self, features: int, activation=None, gamma: float = 1.0, dtype=None, device=None) -> None:
         super().__init__()
         fk = factory_kwargs(dtype, device)
         self.features = positive_int(features, "features")
-        self.block = SLLBlock(features, activation=activation, **fk)
+        self.inner = SLLBlock(features, activation=activation, **fk)
         self.register_buffer("gamma", torch.tensor(check_gamma(gamma, fk["dtype"]), **fk))
-
-    @property
-    def activation(self) -> nn.Module:
-        return self.block.activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.block(x)
-
-    def lipschitz_bound(self) -> float:
-        """``γ``, after re-checking the activation."""
-        self.block.require_covered_activation()
-        return float(self.gamma)
 
     def to_plain(self, dtype=None) -> nn.Sequential:
         """``Sequential(Residual(Linear, σ, Linear)[, Linear(γI)])``."""
-        self.block.require_covered_activation()
+        self.inner.require_covered_activation()
 
         def build():
-            V, t = (v.detach() for v in self.block.computed())
-            branch = nn.Sequential(_linear(V, self.block.bias.detach()), copy.deepcopy(self.activation),
+            V, t = (v.detach() for v in self.inner.computed())
+            branch = nn.Sequential(_linear(V, self.inner.bias.detach()), copy.deepcopy(self.activation),
                                    _linear(-2.0 * V.transpose(0, 1) / t.unsqueeze(0), None))
             mods: list[nn.Module] = [Residual(branch)]
             if float(self.gamma) != 1.0:
