@@ -34,11 +34,13 @@ unconstrained CNN has no γ: its certified accuracies use lipsdp's naive bound o
 (and of its body for the per-pair rule).
 
 ``results/bench_conv.png``: certified accuracy against ε per parameterization, one panel per
-data set (pairwise rule, solid; per-pair rule, dashed).
+data set (pairwise rule, solid; per-pair rule, dashed), each legend entry with its ``step_ratio``.
 
     python bench/bench_conv.py                         # the default run (see --epochs)
     python bench/bench_conv.py --datasets mnist5k --params sandwich,cayley --epochs 2
     python bench/bench_conv.py --quick --out /tmp/x    # tiny (digits 8x8), smoke test; writes only with --out
+    python bench/bench_conv.py --params sandwich,unconstrained --update   # rerun two cases, keep the other rows
+    python bench/bench_conv.py --replot                # redraw results/bench_conv.png from its CSV
 """
 
 from __future__ import annotations
@@ -226,6 +228,28 @@ COLUMNS = ["dataset", "parameterization", "n_train", "n_test", "epochs", "gamma"
            "status", "lipsdp_status"]
 
 
+def merge_rows(previous: list[dict], rows: list[dict]) -> list[dict]:
+    """``previous`` with each row of the same (data set, parameterization) as one of ``rows`` replaced in place.
+
+    Rows of ``rows`` that ``previous`` lacks are appended; every other previous row is kept as it
+    was (``step_ratio`` and ``bound_ok`` are recomputed for all rows by :func:`_finish`).
+    """
+    key = lambda r: (r["dataset"], r["parameterization"])  # noqa: E731
+    new = {key(r): r for r in rows}
+    merged = [new.pop(key(r), r) for r in previous]
+    return merged + [r for r in rows if key(r) in new]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier ``bench_conv.csv`` (missing values dropped), or ``[]`` if there is none."""
+    import pandas as pd
+
+    if not path.exists():
+        return []
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in pd.read_csv(path).to_dict("records")]
+
+
 def write(rows: list[dict], out: Path | None) -> None:
     import pandas as pd
 
@@ -260,8 +284,10 @@ def figure(rows: list[dict]):
             if r["dataset"] != ds or r.get("status") != "ok":
                 continue
             c = colors.get(r["parameterization"])
+            ratio = r.get("step_ratio", math.nan)
+            label = r["parameterization"] + (f" (step {ratio:.2f}×)" if math.isfinite(ratio) else "")
             ax.plot(xs, [r["clean_acc"]] + [r[f"cert_acc_{e}"] for e in EPS_255], marker="o", ms=3, color=c,
-                    label=r["parameterization"])
+                    label=label)
             ax.plot(xs, [r["clean_acc"]] + [r[f"pp_cert_acc_{e}"] for e in EPS_255], ls="--", lw=0.8, color=c)
         if ds == "mnist5k":
             ax.plot([0, 36, 72, 108], [LIPKERNEL[k] for k in ("clean", 36, 72, 108)], "k*", ms=8,
@@ -273,7 +299,8 @@ def figure(rows: list[dict]):
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    fig.suptitle("lmi.lipschitz_cnn, γ = 1 (solid: pairwise rule, dashed: per-pair rule)")
+    fig.suptitle("lmi.lipschitz_cnn, γ = 1 (solid: pairwise rule, dashed: per-pair rule; "
+                 "step: training-step time / unconstrained CNN's)")
     fig.tight_layout()
     return fig
 
@@ -288,6 +315,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny case on digits (smoke test); writes only with --out")
     parser.add_argument("--out", type=Path, default=None, help="directory of the CSV and PNG (default results/)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    parser.add_argument("--replot", action="store_true",
+                        help="run no case: recompute the ratios of the existing CSV of --out and redraw its figure")
+    parser.add_argument("--update", action="store_true",
+                        help="merge this run's rows into the existing CSV of --out (rows of the same data set and "
+                             "parameterization are replaced, the others kept; step ratios are recomputed against the "
+                             "table's unconstrained rows) and redraw the figure from the merged table")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("n_train", args.n_train),
@@ -299,6 +332,13 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown data set(s) or parameterization(s): {unknown}")
     out = args.out if args.out is not None else (None if args.quick else RESULTS)
+    if args.replot:
+        rows = read_rows(out / "bench_conv.csv") if out is not None else []
+        if not rows:
+            parser.error("--replot needs an existing bench_conv.csv in --out (default results/)")
+        bad = _finish(rows)
+        write(rows, out)
+        return 1 if bad else 0
     print(f"config: {asdict(cfg)}", file=sys.stderr)
     from tqdm.auto import tqdm
 
@@ -313,6 +353,8 @@ def main(argv=None) -> int:
             tqdm.write(f"{d}/{p}: {r['status']}, clean {r.get('clean_acc', math.nan):.4f}, certified@36 "
                        f"{r.get('cert_acc_36', math.nan):.4f}, lipsdp {r.get('lipsdp_bound', math.nan):.6g} "
                        f"({r.get('lipsdp_status', '-')}), {time.perf_counter() - case_start:.0f} s", file=sys.stderr)
+    if args.update and out is not None:
+        rows = merge_rows(read_rows(out / "bench_conv.csv"), rows)
     bad = _finish(rows)
     write(rows, out)
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Benchmark: the GroupSort/MaxMin QCs (MATH §5–6) on the published MaxMin anchors.
+"""Benchmark: the GroupSort/MaxMin QCs (docs/formulations.md §5–6) on the published MaxMin anchors.
 
 Rows: every network in ``../shared/anchors/maxmin`` × norm × method, where the
 methods are the new QCs with the default solver (``S = P = 0``), the same with

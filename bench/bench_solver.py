@@ -16,7 +16,7 @@ bound − 1: the accuracy the targets ask of a solver, within 1e-6).
     python bench/bench_solver.py --only 264 --solvers ipm,cvxpy:SCS,cvxpy:SCS@1e-8 --merge  # SCS at a tighter tolerance
 
 A solver name ``cvxpy:NAME@TOL`` runs that reference path with every tolerance of its
-defaults (``lipsdp.solvers``: SCS ``eps_abs``/``eps_rel``, CVXOPT ``abstol``/``reltol``/``feastol``)
+defaults (``lipsdp.solver_registry``: SCS ``eps_abs``/``eps_rel``, CVXOPT ``abstol``/``reltol``/``feastol``)
 set to ``TOL``: a baseline asked for the accuracy the targets ask of ``ipm``.
 
 Writes results/bench_solver.csv (atomically) and results/bench_solver.png
@@ -71,7 +71,7 @@ def networks(include_big: bool = True):
 def solver_and_options(spec: str) -> tuple[str, dict]:
     """``"cvxpy:SCS@1e-8"`` → ``("cvxpy:SCS", {"eps_abs": 1e-8, "eps_rel": 1e-8})``: every tolerance of
     the reference path's defaults set to the number after ``@``; a plain name has no options."""
-    from lipsdp.solvers import _CVXPY_DEFAULTS
+    from lipsdp.solver_registry import _CVXPY_DEFAULTS
 
     name, _, tol = spec.partition("@")
     if not tol:
@@ -91,7 +91,7 @@ def solver_and_options(spec: str) -> tuple[str, dict]:
 def _case(weights, activation: str, spec: str):
     import lipsdp
     import lipsdp.ipm  # noqa: F401
-    from lipsdp.solvers import resolve_solver
+    from lipsdp.solver_registry import resolve_solver
 
     solver, options = solver_and_options(spec)
     resolve_solver(solver).available()  # imports cvxpy etc. before the clock of the estimate starts

@@ -42,7 +42,7 @@ def anchor_weights(*parts: str, key: str = "weights") -> list[np.ndarray] | None
 
 
 def plain_cvxpy_lipsdp(weights: list[np.ndarray], solver: str = "SCS", **options) -> tuple[float, str]:
-    """The textbook LipSDP-Neuron in cvxpy (MATH §1), as users write it today; ReLU slopes [0, 1].
+    """The textbook LipSDP-Neuron in cvxpy (docs/formulations.md §1), as users write it today; ReLU slopes [0, 1].
 
     Returns ``(√ρ, status)``: *uncertified*, this is the baseline being compared against.
     """

@@ -310,7 +310,7 @@ def _pl_per_neuron(rng: np.random.Generator, m: int) -> SlopeRestricted:
 
 def _draw_method(rng: np.random.Generator) -> tuple[str, object, str | None]:
     """A registered method, one of its norms, and a usable solver (None: the automatic choice)."""
-    from lipsdp.methods import method_spec
+    from lipsdp.bound_methods import method_spec
 
     method = str(rng.choice(lipsdp.methods()))
     norms = method_spec(method).norms

@@ -19,9 +19,10 @@ import numpy as np
 
 from . import budget
 from .errors import InvalidOptionError, LipSDPError, NotApplicableError, UnknownMethodError
-from .methods import LipschitzBound, method_spec, methods as registered_methods, run_method
+from .bound import LipschitzBound
+from .bound_methods import method_spec, methods as registered_methods, run_method
 from .network import Network
-from .solvers import resolve_solver, solver_options, unknown_options_message
+from .solver_registry import resolve_solver, solver_options, unknown_options_message
 
 DEFAULT_COMPARE = ("naive", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lower")
 #: rows of :func:`compare` that are not registered methods
@@ -115,7 +116,7 @@ def check_options(method: str, norm, solver: str | None, options: dict) -> None:
     """Raise :class:`InvalidOptionError` for an option neither ``method`` (at ``norm``) nor ``solver`` takes.
 
     Solver options are checked against the named solver, or for the automatic choice against
-    any solver it may pick (:func:`lipsdp.solvers.solve` checks the one it picks).
+    any solver it may pick (:func:`lipsdp.solver_registry.solve` checks the one it picks).
     """
     table = method_spec(method).options
     if table is None:
@@ -147,7 +148,7 @@ def _solver_scope(method: str, norm, solver: str | None, own: Sequence[str]) -> 
     if solver in (None, "auto"):
         # which solver runs depends on the problem: accept what any may take, list the method's own
         where = (f"method {method!r} (norm={_norm_label(norm)}) with the automatic solver choice (solver options "
-                 "are checked against the solver it picks; solver_options(name) from lipsdp.solvers lists a solver's)")
+                 "are checked against the solver it picks; solver_options(name) from lipsdp.solver_registry lists a solver's)")
         return set(own) | solver_options(None), set(own), where, "method options"
     accepted = set(own) | solver_options(solver)
     return accepted, accepted, f"method {method!r} (norm={_norm_label(norm)}) with solver {solver!r}", "accepted"
@@ -172,7 +173,7 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
         A name from :func:`lipsdp.solvers`, ``"cvxpy:<SOLVER>"``, or None for the
         automatic choice.
     reduce
-        Apply the exact reductions of MATH §4 (SVD input/output reduction and
+        Apply the exact reductions of docs/formulations.md §4 (SVD input/output reduction and
         per-layer normalisation) before solving; they never change the value.
     max_memory_gb
         Memory budget in GiB for the SDP (default: a fraction of the memory
@@ -183,7 +184,7 @@ def estimate(model: Any, method: str = "lipsdp-neuron", norm=2, solver: str | No
     **options
         Method options (LipSDP: ``split=k`` and ``cross_terms`` for norm 2;
         ``cross_terms``, ``output_row=i`` and ``rows=(i, j)`` for norm ``"inf"``)
-        and options of the solver (``from lipsdp.solvers import solver_options``;
+        and options of the solver (``from lipsdp.solver_registry import solver_options``;
         ``solver_options("ipm")`` lists them).
 
     Returns
@@ -493,7 +494,7 @@ def solver_table() -> list[dict]:
         ``automatic`` (its rank in the order ``solver=None`` tries the usable solvers, or
         ``"explicit only"``) and ``description``.
     """
-    from .solvers import lookup_solver, solvers
+    from .solver_registry import lookup_solver, solvers
 
     specs = sorted(map(lookup_solver, solvers(available_only=False)), key=lambda s: (s.priority < 0, -s.priority, s.name))
     rows, rank = [], 0

@@ -2,7 +2,7 @@
 
 Every SDP method holds dense ``d × d`` float64 matrices, where ``d`` (the LMI
 size) is the input width plus the width of every activation group (for a
-feed-forward chain ``n₀ + Σ hidden widths``; MATH §1): the LMI constants of the
+feed-forward chain ``n₀ + Σ hidden widths``; docs/formulations.md §1): the LMI constants of the
 reduced and the original program, the signal graph's lifts and, for the
 certificate, ``F``, ``|F|`` and a Cholesky factor.  The solvers add their own
 work on top:
@@ -145,7 +145,7 @@ def _walk(layers: Sequence, width: int) -> tuple[list[int], int]:
 def _program_size(n_in: int, widths: Sequence[int], granularity: str, norm) -> tuple[int, int]:
     """``(d, m)`` of the LipSDP program on a graph with input width ``n_in`` and groups ``widths``.
 
-    ℓ∞ adds the scalar ``t`` to the LMI and one ``τ`` per input coordinate (MATH §6).  Per
+    ℓ∞ adds the scalar ``t`` to the LMI and one ``τ`` per input coordinate (docs/formulations.md §6).  Per
     neuron: one multiplier per neuron (ReLU-type rules; a group rule has as many); per layer:
     at most two per group.
     """
@@ -160,13 +160,13 @@ def _program_size(n_in: int, widths: Sequence[int], granularity: str, norm) -> t
 def _back_end(solver: str | None, d: int, m: int, chain: bool = False) -> tuple[str, str]:
     """``(cost model key, label)`` of the back end that solves a program of size ``d`` with ``m`` multipliers.
 
-    The automatic choice is followed as :func:`lipsdp.solvers.solve` makes it: licensed MOSEK,
+    The automatic choice is followed as :func:`lipsdp.solver_registry.solve` makes it: licensed MOSEK,
     else ``ipm`` where it applies (up to :data:`lipsdp.ipm.AUTOMATIC_MAX_SIZE`), else ``firstorder``
     for a ``chain`` (one-block ℓ2), else CVXOPT.  A back end without a cost model (registered
     elsewhere) has key ``""``: only the pipeline's own matrices are counted.
     """
     if solver is None or solver == "auto":
-        from .solvers import mosek_problem
+        from .solver_registry import mosek_problem
 
         if mosek_problem() is None:
             return "mosek", "mosek (automatic)"
@@ -209,7 +209,7 @@ def estimate_cost(net: Network, method: str, norm=2, solver: str | None = None,
     a chain with a zero weight matrix (the pipeline answers 0 without an SDP).
     """
     options = options or {}
-    from .methods import has_zero_layer, method_spec
+    from .bound_methods import has_zero_layer, method_spec
 
     spec = method_spec(method)
     granularity = spec.multipliers

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidOptionError
-from .methods import LipschitzBound
+from .bound_methods import LipschitzBound
 from .network import ActivationLayer, Affine, Network, Residual
 from .pooling import MaxPool
 
@@ -77,7 +77,7 @@ class ClaimCheck:
     layers
         The :class:`LayerFactor` of each top-level layer.
     bound
-        The :class:`~lipsdp.methods.LipschitzBound` behind ``certified``.
+        The :class:`~lipsdp.bound_methods.LipschitzBound` behind ``certified``.
     assumptions
         What the model's description assumed (e.g. a module read at its current state).
     """

@@ -25,7 +25,7 @@ convolutions", has the proofs):
   convolution, bounded as for zero padding;
 * **small operators** (a group's dense matrix of at most 2¹⁶ entries, or few
   output rows, e.g. global poolings) — also the dense matrix's certified norm
-  (:func:`lipsdp.certify.spectral_norm_bound`); the smaller bound is returned.
+  (:func:`lipsdp.certificate.spectral_norm_bound`); the smaller bound is returned.
 
 Certification in floating point: ``G(ψ) = M(ψ) M(ψ)ᴴ`` is assembled from the
 kernel's lag matrices ``R_Δ`` (``G(ψ) = Σ_Δ e^{iψ·Δ} R_Δ``) with an entrywise
@@ -33,7 +33,7 @@ rounding bound, and ``t I − G(ψ) ⪰ 0`` is proved for every ``ψ`` at once b
 batched, shifted complex Cholesky factorisation (Rump, "Verification of
 positive definiteness", BIT 46, 2006, with the complex-arithmetic unit of
 Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.5),
-as :func:`lipsdp.certify.spectral_norm_bound` does for dense matrices.
+as :func:`lipsdp.certificate.spectral_norm_bound` does for dense matrices.
 
 torch is imported inside the functions that need it.
 """
@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .certify import UNIT_ROUNDOFF
+from .certificate import UNIT_ROUNDOFF
 from .errors import (
     CertificationError,
     InputShapeRequiredError,
@@ -378,7 +378,7 @@ def _grams(lags: _Lags, numerators: np.ndarray, grids: tuple[int, int]):
 
 # ------------------------------------------------------------------------------- the proof
 def _chol_shift(traces, sizes: int, errors):
-    """Rump's shift for a complex Hermitian Cholesky (see :func:`lipsdp.certify.cholesky_shift`).
+    """Rump's shift for a complex Hermitian Cholesky (see :func:`lipsdp.certificate.cholesky_shift`).
 
     Success of the floating-point Cholesky of ``A − c I`` (``A`` within
     ``error`` of the exact ``H`` in spectral norm) proves ``H ⪰ 0`` when
@@ -852,13 +852,13 @@ def _sources(axis: _Axis, mode: str, size: int) -> np.ndarray:
 
 def _dense_bound(kernel: np.ndarray, groups: int, kept: np.ndarray, axes: tuple[_Axis, ...], mode: str,
                  in_shape: tuple[int, ...]) -> tuple[float, int]:
-    """``max_g ‖A_g‖₂`` over the groups' dense matrices, certified (:func:`lipsdp.certify.spectral_norm_bound`).
+    """``max_g ‖A_g‖₂`` over the groups' dense matrices, certified (:func:`lipsdp.certificate.spectral_norm_bound`).
 
     An entry of ``A_g`` is a sum of at most ``T`` kernel entries (taps that read the
     same input), so the assembled ``Â_g`` is within ``γ_T |A_g|`` entrywise and
     ``‖A_g‖₂ ≤ ‖Â_g‖₂ + γ_T ‖ |K|-matrix ‖_F`` (the same assembly with ``|K|``).
     """
-    from .certify import spectral_norm_bound
+    from .certificate import spectral_norm_bound
 
     sizes = tuple(in_shape[1:]) + (1,) * (3 - len(in_shape))
     sources = [_sources(a, mode, n) for a, n in zip(axes, sizes)]

@@ -9,7 +9,7 @@ zero) splits into connected components ``I_1, …, I_p``.  Then
 
 because ``F(y)`` is the direct sum of those principal sub-matrices.  This is an
 exact reformulation (same variables, same optimum), and a large one for the
-MaxMin/GroupSort "chain" QCs (MATH §5 without cross multipliers): there the
+MaxMin/GroupSort "chain" QCs (docs/formulations.md §5 without cross multipliers): there the
 layers do not couple, and an ``L``-layer, width-``n`` net gives ``L`` blocks of
 size ``n`` instead of one of size ``Ln`` — an interior-point iteration then
 costs ``O(L n³)`` instead of ``O(L³ n³)``.
@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .banded_certificate import constant_pattern
 from .sdp import SDP, LMIBlock, QuadTerm
 
 
@@ -36,13 +37,16 @@ def _component_labels(block: LMIBlock) -> tuple[np.ndarray, list[np.ndarray]]:
     a lift row is joined to the coordinates it touches, and two rows are
     joined when some ``Q_j`` pairs them.  Coordinates are in one component iff
     they are linked through that graph (or through ``F⁰``).  Rows that no
-    ``Q_j`` uses are left out (they contribute nothing to ``F``).
+    ``Q_j`` uses are left out (they contribute nothing to ``F``).  The edges
+    come from the lifts' stored entries and from the non-zeros of ``F⁰``
+    (:func:`~lipsdp.banded_certificate.constant_pattern`, which finds the rows
+    that hold any before it looks for them: a chain's ``F⁰`` fills its last layer only).
     """
     d = block.dim
     rows, cols, used_rows, sizes = [], [], [], []
-    f0 = sp.coo_matrix(np.asarray(block.constant))
-    rows.append(f0.row)
-    cols.append(f0.col)
+    f0_rows, f0_cols = constant_pattern(block)
+    rows.append(f0_rows)
+    cols.append(f0_cols)
     offset = d
     for term in block.terms:
         g = sp.coo_matrix(term.lift)

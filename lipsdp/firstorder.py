@@ -20,7 +20,7 @@ of λ_max at (near) multiple top eigenvalues the gradient averages the top few
 eigenvectors with soft-max weights of temperature ``smooth·ρ``.
 
 Every iterate ``(ρ*(μ), μ)`` is a feasible point of the SDP (up to rounding,
-which :func:`lipsdp.certify.certify` accounts for), so the answer is an upper
+which :func:`lipsdp.certificate.certify` accounts for), so the answer is an upper
 bound of the SDP optimum; it is returned with status ``"feasible"``.
 
 Structure used: a feed-forward chain, i.e. the coordinates after ``x₀`` are
@@ -333,7 +333,7 @@ def solve_firstorder(sdp: SDP, time_limit: float = 240.0, max_iters: int = 10000
 def _descend(chain: _Chain, start: float, time_limit, max_iters, lr, rel_tol, patience, n_eig, smooth, smooth_min,
              y0, verbose):
     """Greedy start, then Adam on the multipliers (the body of :func:`solve_firstorder`)."""
-    from .solvers import SolveResult
+    from .solver_registry import SolveResult
 
     if y0 is None:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported by greedy_start
@@ -442,7 +442,7 @@ def applies_to_structure(sdp: SDP) -> bool:
 
 
 def register() -> None:
-    from .solvers import SolverSpec, register_solver
+    from .solver_registry import SolverSpec, register_solver
 
     from .ipm import AUTOMATIC_MAX_SIZE
 

@@ -1,12 +1,12 @@
 """SDP builders: one function per formulation; they build, they never solve.
 
-ℓ2 LipSDP on a signal graph (MATH §1, generalised in :mod:`lipsdp.graph`)::
+ℓ2 LipSDP on a signal graph (docs/formulations.md §1, generalised in :mod:`lipsdp.graph`)::
 
     F(ρ, μ) = ρ E₀ᵀE₀ − CᵀC − Σ_k G_kᵀ Q_k(μ_k) G_k ⪰ 0   ⇒   L₂ ≤ √ρ,
 
 with ``G_k = [P_k; E_k]`` and ``Q_k`` the activation's QC (one multiplier per
-neuron or per layer).  The layer-wise (chordal) form of MATH §2 is
-:func:`lipsdp_layerwise`.  Exact reductions (MATH §4) are in
+neuron or per layer).  On a feed-forward chain this LMI is block tridiagonal (cliques of
+two consecutive layers, docs/formulations.md §2), which :mod:`lipsdp.chordal` exploits.  Exact reductions (docs/formulations.md §4) are in
 :func:`reduce_graph` and :func:`normalise_chain`.
 """
 
@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from .activations import QCBasis, SlopeRestricted
 from .graph import ActivationGroup, SignalGraph
 from .network import Network
-from .sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_basis
+from .sdp import SDP, LMIBlock, QuadTerm, add_principal, as_index, identity_basis, selector
 
 
 def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
@@ -54,18 +54,33 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         if basis.size == 0:  # every neuron of the group has a fixed slope: nothing to multiply
             continue
         idx = np.arange(n_vars, n_vars + basis.size)
-        terms.append(QuadTerm(sp.csr_matrix(group.lift(d)), basis.coefficients, idx, -1.0))
+        terms.append(QuadTerm(group.lift(d), basis.coefficients, idx, -1.0))
         nonneg.extend(basis.nonneg.tolist())
         var_layer.extend([k] * basis.size)
         n_vars += basis.size
-    constant = -graph.output.T @ graph.output
-    block = LMIBlock(d, constant, tuple(terms), "lipsdp")
+    block = LMIBlock(d, _negative_output_gram(graph.output), tuple(terms), "lipsdp")
     c = np.zeros(n_vars)
     c[0] = 1.0
     return SDP(
         n_vars, c, [block], np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
         {"formulation": f"lipsdp-{granularity}", "norm": 2},
     )
+
+
+def _negative_output_gram(output: np.ndarray) -> np.ndarray:
+    """``F⁰ = −CᵀC`` (dense, dim × dim), computed on the columns ``C`` touches only.
+
+    Entries outside those columns are exactly zero; inside, each is the same
+    product of columns of ``C`` as in the full product.  A chain's ``C`` touches
+    its last layer only, so the work is ``O(n_out · n_l²)`` and only that block
+    of the (otherwise untouched, lazily allocated) zero matrix is written.
+    """
+    d = output.shape[1]
+    cols = np.flatnonzero(np.any(output != 0, axis=0))
+    constant = np.zeros((d, d))
+    part = output[:, cols]
+    add_principal(constant, as_index(cols), -part.T @ part)
+    return constant
 
 
 def restricted_qc_bases(graph: SignalGraph, granularity: str) -> tuple[SignalGraph, list[QCBasis]]:
@@ -105,62 +120,6 @@ def _sqrt_bound(rho: float) -> float:
     return float(np.sqrt(max(rho, 0.0)))
 
 
-def lipsdp_layerwise(net: Network, granularity: str = "neuron") -> SDP:
-    """LipSDP in the layer-wise (chordal) form of MATH §2, for feed-forward chains.
-
-    Blocks, with ``Q₀ = ρI`` and free symmetric ``Q_k``:
-
-        [[Q_{k−1} + 2W_kᵀ diag(αβ)Λ_k W_k, −W_kᵀ diag(α+β)Λ_k], [·ᵀ, 2Λ_k − Q_k]] ⪰ 0,  k = 1…l−1,
-        Q_{l−1} − W_lᵀ W_l ⪰ 0.
-
-    Same optimum as :func:`lipsdp_l2` on the chain; blocks of size n_{k−1}+n_k.
-    """
-    weights, acts = net.weights, net.activations
-    widths = net.widths
-    l = len(weights)
-    blocks = []
-    var_layer = [0]
-    groups = {"rho": slice(0, 1)}
-    nonneg = [True]
-    n_vars = 1
-    prev_vars = np.array([0])
-    prev_basis = identity_basis(widths[0])
-    for k in range(1, l):
-        n_in, n_out = widths[k - 1], widths[k]
-        d = n_in + n_out
-        w = weights[k - 1]
-        qc = acts[k - 1].qc_basis(n_out, granularity)
-        lam = np.arange(n_vars, n_vars + qc.size)
-        n_vars += qc.size
-        n_sym = n_out * (n_out + 1) // 2
-        q_vars = np.arange(n_vars, n_vars + n_sym)
-        n_vars += n_sym
-        groups[f"qc{k}"] = slice(lam[0], lam[-1] + 1)
-        groups[f"Q{k}"] = slice(q_vars[0], q_vars[-1] + 1)
-        nonneg.extend(qc.nonneg.tolist() + [False] * n_sym)
-        var_layer.extend([k] * (qc.size + n_sym))
-        lift = sp.bmat([[sp.csr_matrix(w), None], [None, sp.identity(n_out)]], format="csr")
-        terms = (
-            QuadTerm(selector(n_in, d, 0), prev_basis, prev_vars, +1.0),
-            QuadTerm(lift, qc.coefficients, lam, -1.0),
-            QuadTerm(selector(n_out, d, n_in), symmetric_basis(n_out), q_vars, -1.0),
-        )
-        blocks.append(LMIBlock(d, np.zeros((d, d)), terms, f"layer{k}"))
-        prev_vars, prev_basis = q_vars, symmetric_basis(n_out)
-    w_last = weights[-1]
-    n_last = widths[-2]
-    final = LMIBlock(
-        n_last, -w_last.T @ w_last, (QuadTerm(sp.identity(n_last, format="csr"), prev_basis, prev_vars, +1.0),), "output"
-    )
-    blocks.append(final)
-    c = np.zeros(n_vars)
-    c[0] = 1.0
-    return SDP(
-        n_vars, c, blocks, np.array(nonneg), 0, _sqrt_bound, np.array(var_layer), groups,
-        {"formulation": f"lipsdp-{granularity}-layerwise", "norm": 2},
-    )
-
-
 # ----------------------------------------------------------------------------- reductions
 @dataclass(frozen=True)
 class Normalisation:
@@ -172,28 +131,40 @@ class Normalisation:
 
     @property
     def product(self) -> float:
+        """``P = Π_k c_k · Π_k β_k``: the normalised network computes ``f / P``."""
         return float(np.prod(self.factors) * (1.0 if self.slopes is None else np.prod(self.slopes)))
 
-    def lift_multipliers(self, y: np.ndarray, var_layer: np.ndarray) -> np.ndarray:
-        """Multipliers of the normalised SDP → multipliers of the original one.
+    def lift_multipliers(self, y: np.ndarray, var_layer: np.ndarray, norm=2) -> np.ndarray:
+        """Multipliers of the normalised SDP → multipliers of the original one (docs/formulations.md §4).
 
-        Scaling ``W_k`` by ``c`` scales ρ and every multiplier of layers ``< k`` by
-        ``c²`` (change of variables ``x_j → c x_j`` for ``j < k``), so a
-        multiplier of layer ``j`` is multiplied by ``Π_{k>j} c_k²``.  Writing the
-        activation of layer ``j`` as ``β_j ψ_j`` moves ``β_j`` into the next
-        weight (one more such scaling) and turns its quadratic constraint into
-        ``1/β_j²`` times the original one, so the layer's multipliers are also
-        divided by ``β_j²``.
+        With ``s_j = Π_{k≤j} c_k β_k`` (``s_0 = 1``), the increments of the two
+        networks are related by ``z_j = s_j ẑ_j`` and ``Δy = P Δŷ``, and the QC of
+        layer ``j`` at ``(z_j, v_j)`` is ``s_j²`` times the normalised one (a
+        slope QC is homogeneous of degree two; dividing ``φ`` by ``β`` divides it
+        by ``β²``).  The LMI is homogeneous of degree ``d`` in the output map
+        (``d = 2`` for the ℓ2 program, whose output enters as ``CᵀC``; ``d = 1`` for
+        the ℓ∞ program, whose output enters as ``Cᵀc t``), so a multiplier of
+        layer ``j`` (``j = 0``: ρ and τ) is ``P^d / s_j²`` times the normalised one.
+
+        Parameters
+        ----------
+        y
+            Multipliers of the normalised program.
+        var_layer
+            Layer of each multiplier (the program's ``var_layer``).
+        norm
+            2 (the ℓ2 program, ``d = 2``) or ``inf`` (the ℓ∞ program, ``d = 1``).
         """
-        moved = np.ones(self.factors.size) if self.slopes is None else np.r_[1.0, self.slopes]  # β_{k-1} in W_k
-        sq = (self.factors * moved) ** 2
-        # suffix[j] = Π_{k>j} (c_k β_{k-1})² with layers 1-based: weights index k-1
-        suffix = np.append(np.cumprod(sq[::-1])[::-1], 1.0)
-        return y * suffix[var_layer] / moved[var_layer] ** 2
+        degree = 2 if norm == 2 else 1
+        slopes = np.ones(self.factors.size - 1) if self.slopes is None else self.slopes
+        gains = self.factors * np.r_[slopes, 1.0]  # c_k β_k (no activation after the last layer)
+        s = np.r_[1.0, np.cumprod(gains[:-1])]  # s_j, j = 0 … l−1
+        rest = np.cumprod(gains[::-1])[::-1]  # P / s_j as a product, so P^d itself is never formed
+        return y * (rest**degree * s ** (degree - 2))[var_layer]
 
 
 def normalise_chain(net: Network) -> tuple[Network, Normalisation]:
-    """Divide each weight of a chain by its spectral norm (exact for the SDP, MATH §4) and each
+    """Divide each weight of a chain by its spectral norm (exact for the SDP, docs/formulations.md §4) and each
     slope-restricted activation by its upper slope (exact as well, shown below).
 
     An activation with slopes in ``[α, β]`` (scalar ``β > 0``) is ``β ψ`` with ``ψ`` in
@@ -202,8 +173,7 @@ def normalise_chain(net: Network) -> tuple[Network, Normalisation]:
     and every other term of the LMI is unchanged, so the SDP is the same up to the
     scaling of its multipliers (:meth:`Normalisation.lift_multipliers`), but its data
     are of order one: a deep sigmoid chain (β = 1/4) otherwise has multipliers spread
-    over ``4^{2l}``, on which every solver here stalled or returned bounds several
-    times too loose (width-1 chains, whose constant is known: 7× at depth 4).
+    over ``4^{2l}``, which the solvers cannot resolve (bench/NOTES.md).
 
     Raises nothing for zero layers: a zero weight keeps factor 1 (the bound is 0 anyway).
     """
@@ -234,7 +204,7 @@ def _divided(activation: SlopeRestricted, beta: float) -> SlopeRestricted:
 
 
 def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
-    """Exact input/output reduction by thin SVDs (MATH §4).
+    """Exact input/output reduction by thin SVDs (docs/formulations.md §4).
 
     The input increment only enters through the columns ``R = [P_k[:, :n₀]; C[:, :n₀]]``
     and through ``−ρ‖Δx₀‖²``; components of ``Δx₀`` in ``null(R)`` only help,
@@ -242,7 +212,7 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     output enters only through ``CᵀC``, which ``S_r V_rᵀ`` (SVD of ``C``) preserves.
     """
     n0 = graph.input_dim
-    pieces = [g.pre[:, :n0] for g in graph.groups] + [graph.output[:, :n0]]
+    pieces = [g.pre[:, :n0].toarray() for g in graph.groups] + [graph.output[:, :n0]]
     r_mat = np.vstack(pieces)
     _, s, vt = np.linalg.svd(r_mat[np.any(r_mat != 0, axis=1)] if np.any(r_mat) else r_mat[:1], full_matrices=False)
     rank = int(np.sum(s > rtol * (s[0] if s.size else 0.0))) if s.size and s[0] > 0 else 0
@@ -250,7 +220,9 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     v = vt[:rank].T  # n0 × r
     shift = n0 - rank
 
-    def map_cols(mat: np.ndarray) -> np.ndarray:
+    def map_cols(mat):  # dense or sparse (a group's P_k): the input columns → u, the rest unchanged
+        if sp.issparse(mat):
+            return sp.hstack([sp.csr_matrix(mat[:, :n0].toarray() @ v), mat[:, n0:]], format="csr")
         return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
 
     groups = tuple(
@@ -286,7 +258,7 @@ def fixed_slope_neurons(activation, m: int) -> tuple[np.ndarray, np.ndarray] | N
 
 def _restrictable(group: ActivationGroup) -> bool:
     """A group may be re-coordinatised when its outputs are plain coordinates that it does not feed itself."""
-    return group.post is None and not np.any(group.pre[:, group.offset:group.offset + group.width])
+    return group.post is None and group.pre[:, group.offset:group.offset + group.width].nnz == 0
 
 
 def fixed_slope_masks(graph: SignalGraph) -> list:
@@ -327,7 +299,7 @@ def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> Si
     ``ζ = (Δx₀, …, w_k, …)``, built by forward substitution in group order:
     the outputs of group ``k`` are ``diag(c) P_k N + K_k S_k`` (``S_k`` selects ``w_k``).
     Every real increment is ``N ζ`` for some ``ζ``, so ``Nᵀ F N ⪰ 0`` proves
-    the same bound as ``F ⪰ 0`` would, while the S/P/γ terms of MATH §5 (and
+    the same bound as ``F ⪰ 0`` would, while the S/P/γ terms of docs/formulations.md §5 (and
     the QCs of fixed-slope neurons) vanish identically on ``range(N)`` (they
     are what the restriction replaces).
     Implicit groups (self-coupled outputs) and rules without the flag keep
@@ -335,7 +307,7 @@ def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> Si
     ``E₀ N = E₀`` and the ρ/τ terms are unchanged.
 
     Certification: :func:`lipsdp_l2` and :func:`lipsdp.linf.linf_sdp` apply this
-    restriction themselves, so :func:`lipsdp.certify.certify` checks the
+    restriction themselves, so :func:`lipsdp.certificate.certify` checks the
     subspace LMI built from the original (unreduced, unnormalised) network.
     That is a complete proof: it shows ``(Nζ)ᵀ F (Nζ) ≥ 0`` for every ``ζ``,
     and every real increment is ``Nζ`` for some ``ζ``.
@@ -347,7 +319,7 @@ def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> Si
     Those rows, the new lifts ``P_k N`` and the output ``C N`` are float64
     products of weight matrices (and slopes) (as in residual graphs, e.g. ``W₃W₂``); their rounding
     (relative ~ depth·width·u per entry) is an assumption of the certificate, outside
-    the assembly error model of :mod:`lipsdp.certify`, like every weight
+    the assembly error model of :mod:`lipsdp.certificate`, like every weight
     product in a graph.
     """
     if graph.basis is not None:
@@ -366,7 +338,7 @@ def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> Si
         out_rows = slice(g.offset, g.offset + g.width)
         if mapping is not None:
             gain, kernel = mapping
-            pre = g.pre @ basis
+            pre = g.pre.toarray() @ basis  # N is dense: a dense (BLAS) product, rounded as the Notes say
             basis[out_rows] = pre if gain is None else gain[:, None] * pre
             basis[out_rows, col:col + q] += kernel
         else:  # unrestricted group: its outputs get fresh coordinates (self-coupling allowed)
@@ -375,7 +347,7 @@ def restrict_to_invariants(graph: SignalGraph, fixed_slopes: bool = False) -> Si
         groups.append((g, pre, col))
         col += q
     new_groups = tuple(
-        ActivationGroup(g.pre @ basis if pre is None else pre, g.bias, c, g.activation, g.name, basis[g.offset:g.offset + g.width])
+        ActivationGroup(g.pre.toarray() @ basis if pre is None else pre, g.bias, c, g.activation, g.name, basis[g.offset:g.offset + g.width])
         for g, pre, c in groups
     )
     return SignalGraph(n0, dim, new_groups, graph.output @ basis, graph.output_bias, graph.implicit, basis)

@@ -1,4 +1,4 @@
-"""Activations that are not slope-restricted: GroupSort, MaxMin and Householder (MATH §5).
+"""Activations that are not slope-restricted: GroupSort, MaxMin and Householder (docs/formulations.md §5).
 
 These act on *groups* of ``g`` neurons.  Two conventions for the groups of a
 layer of width ``m = n·g`` are supported (``grouping``):
@@ -86,7 +86,7 @@ def group_indices(m: int, g: int, grouping: str = "consecutive") -> np.ndarray:
 
 
 def group_qc_basis(m: int, groups: np.ndarray, proj: np.ndarray, granularity: str, cross_terms: str) -> QCBasis:
-    """QC basis of MATH §5 for groups ``groups`` (rows) and preserved matrix ``proj`` (g × g).
+    """QC basis of docs/formulations.md §5 for groups ``groups`` (rows) and preserved matrix ``proj`` (g × g).
 
     Columns per group, in order: λ_j (≥ 0), γ_j, then s_j and/or p_j (free).
     """
@@ -247,7 +247,7 @@ class GroupSort(GroupActivation):
         Sort largest first (default, so ``GroupSort(2)`` outputs ``(max, min)``
         like the published MaxMin anchors); the bound does not depend on it.
     cross_terms
-        Which free cross multipliers of MATH §5 to use: ``"none"``/False (default:
+        Which free cross multipliers of docs/formulations.md §5 to use: ``"none"``/False (default:
         the S = P = 0 chain variant, well conditioned), ``"s"``/True, ``"sp"``, ``"p"``.
         With S free the optimum is in general only approached as γ_j ≈ s_j → ∞
         (the limit enforces ``Π(Δv − Δφ) = 0`` as a hard constraint), so

@@ -38,10 +38,9 @@ Failures raise :class:`~lipsdp.errors.SolverFailedError` with a status:
 
 Cost per iteration: about ten dense d×d BLAS-3 products (the HKM direction
 ``ΔX = sym((σμI − XΔZ − ΔX_pΔZ_p)Z⁻¹) − X``, Cholesky of X and Z, Z⁻¹, the
-lifted ``U``, ``V``) plus Lanczos step lengths; 20–30 iterations.  On 2 cores
-that is seconds up to d ≈ 600 and about a minute at d ≈ 1000; nets with
-d ≳ 3000 (784-1024³-10: d = 3856) need a method without dense primal
-matrices.  Small blocks (d < 1200) run BLAS single-threaded: threading
+lifted ``U``, ``V``) plus Lanczos step lengths; 20–30 iterations.  The dense
+primal matrices limit it to blocks of a few thousand rows (timings in
+bench/NOTES.md).  Small blocks (d < 1200) run BLAS single-threaded: threading
 overhead dominates there, badly so on a shared machine.  Two cores are used
 instead by computing independent halves of an iteration at once
 (:func:`~lipsdp.runtime.in_parallel`): the X and the Z side of the lifts, of the
@@ -50,8 +49,8 @@ lengths beside the corrector's second-order terms; large products are split in
 row halves (:func:`~lipsdp.runtime.matmul`).  The early iterations, far from the
 optimum, run in float32 (``single_until``: twice the BLAS speed and half the
 memory traffic; the multipliers, the Schur complement and all measures stay
-float64), the rest in float64 from the iterate reached: on 13 random ReLU chains
-the iteration counts are those of a float64-only run and the time is 26–29 % less.
+float64), the rest in float64 from the iterate reached, which leaves the iteration
+count as it is (bench/NOTES.md).
 
 Many blocks (:func:`solve_with_ipm` first splits every LMI block into its
 decoupled components, :mod:`lipsdp.decompose`: a MaxMin chain gives one block
@@ -62,7 +61,7 @@ banded Cholesky, and the step lengths of equal-sized blocks come from one
 batched Lanczos run.
 
 The returned multipliers are only approximately feasible; the pipeline
-(:func:`lipsdp.methods.solve_and_certify`) certifies them in float64 and
+(:func:`lipsdp.bound_methods.solve_and_certify`) certifies them in float64 and
 repairs ρ, so a certified bound never relies on this solver's accuracy.
 """
 
@@ -78,8 +77,9 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import InvalidOptionError, SolverFailedError
-from .runtime import (blas_threads, heap_reuse, in_parallel, matmul, sparse_times_dense, split_products,
+from .runtime import (blas_threads, in_parallel, matmul, sparse_times_dense, split_products,
                       threads_for_size, transpose_copy, worth_a_second_thread)
+from .runtime import heap_reuse as glibc_heap_reuse
 from .sdp import SDP, add_principal, as_index
 
 # step lengths: dense eigenvalues up to this block size (ARPACK's Python call-backs cost more below it)
@@ -95,8 +95,7 @@ _PREDICTOR_LANCZOS_TOL = 3e-2  # the predictor's step lengths only set the centr
 _RITZ_SLACK = 2e-3  # Ritz values over-estimate λ_min: lower them by this relative amount
 
 # the SDPT3 starting point ξI, ηI shrunk by these factors: our programs are normalised (optimal
-# multipliers of order one), so the shrunk start lies closer to the central path (25 random ReLU
-# chains: 488 → 442 iterations, 64-100-100-10: 17 → 14, MaxMin anchors 29/22 → 28/21)
+# multipliers of order one), so the shrunk start lies closer to the central path (fewer iterations)
 _START_X_SCALE = 0.3
 _START_Z_SCALE = 0.03
 
@@ -112,20 +111,41 @@ _MAX_FACTOR_RUNS = 16
 # ----------------------------------------------------------------------------- lifted block data
 @dataclass
 class _Group:
-    """Rows ``start:stop`` of the stacked lift: ``D @ Y[cols]`` (``D`` None: a selector)."""
+    """Rows ``start:stop`` of the stacked lift: ``panel @ Y[cols]`` (``panel`` None: a selector)."""
 
     start: int
     stop: int
     cols: object  # slice or int array
-    D: np.ndarray | None
+    panel: np.ndarray | None  # dense rows of the lift on the columns ``cols`` (a weight matrix)
 
 
 class _Block:
-    """One LMI block in lifted form (see the module docstring)."""
+    """One LMI block in lifted form (see the module docstring).
+
+    Attributes
+    ----------
+    dim
+        ``d``, the block's size.
+    constant
+        ``F⁰`` (d × d, symmetrised).
+    groups, lift, lift_rows
+        The stacked lift ``G`` (``lift_rows`` × d) as row groups (:class:`_Group`), and densely.
+    entry_left, entry_right, entry_coef, entry_var
+        The entries ``e`` of every data matrix, ``A_i = Σ_{e: entry_var = i} q_e g_a g_bᵀ`` with
+        ``a = entry_left``, ``b = entry_right``, ``q = entry_coef`` (mirrored: ``(a, b)`` and
+        ``(b, a)`` both present), sorted by variable.
+    entry_to_var, var_from_entry
+        The 0/1 matrix (entries × variables) assigning each entry its variable, and its transpose
+        (sums over a variable's entries).
+    factors, factors_signed, factor_signs, factor_var, n_factors
+        Each variable's small matrix eigen-factored, ``A_i = Σ_k s_k h_k h_kᵀ`` with ``h_k = Gᵀw_k``:
+        the rows ``w_k`` (sparse, ``n_factors`` × ``lift_rows``), the same times ``s_k``, the ``s_k``
+        and the variable of each factor (:meth:`_factorise`).
+    """
 
     def __init__(self, block, n_vars: int):
         self.dim = d = block.dim
-        self.F0 = 0.5 * (np.asarray(block.constant, float) + np.asarray(block.constant, float).T)
+        self.constant = 0.5 * (np.asarray(block.constant, float) + np.asarray(block.constant, float).T)
         groups: list[_Group] = []
         ea, eb, eq, ev = [], [], [], []
         r = 0
@@ -161,24 +181,25 @@ class _Block:
             eb.append(local_to_global[b_loc[keep]])
             eq.append(term.sign * q.data[keep])
             ev.append(np.asarray(term.variables)[q.col[keep]])
-        self.r = r
+        self.lift_rows = r
         self.groups = groups
-        self.ea = np.concatenate(ea).astype(np.int64) if ea else np.zeros(0, np.int64)
-        self.eb = np.concatenate(eb).astype(np.int64) if eb else np.zeros(0, np.int64)
-        self.eq = np.concatenate(eq) if eq else np.zeros(0)
-        self.ev = np.concatenate(ev).astype(np.int64) if ev else np.zeros(0, np.int64)
+        self.entry_left = np.concatenate(ea).astype(np.int64) if ea else np.zeros(0, np.int64)
+        self.entry_right = np.concatenate(eb).astype(np.int64) if eb else np.zeros(0, np.int64)
+        self.entry_coef = np.concatenate(eq) if eq else np.zeros(0)
+        self.entry_var = np.concatenate(ev).astype(np.int64) if ev else np.zeros(0, np.int64)
         self._mirror_entries()
-        order = np.argsort(self.ev, kind="stable")
-        self.ea, self.eb, self.eq, self.ev = self.ea[order], self.eb[order], self.eq[order], self.ev[order]
-        n_e = self.ea.size
-        self.var_starts = np.flatnonzero(np.r_[True, np.diff(self.ev) != 0]) if n_e else np.zeros(0, np.int64)
+        order = np.argsort(self.entry_var, kind="stable")
+        self.entry_left, self.entry_right = self.entry_left[order], self.entry_right[order]
+        self.entry_coef, self.entry_var = self.entry_coef[order], self.entry_var[order]
+        n_e = self.entry_left.size
+        self.var_starts = np.flatnonzero(np.r_[True, np.diff(self.entry_var) != 0]) if n_e else np.zeros(0, np.int64)
         self.n_vars = n_vars
-        self.P = sp.csr_matrix((np.ones(n_e), (np.arange(n_e), self.ev)), shape=(n_e, n_vars))
-        self.PT = self.P.T.tocsr()
+        self.entry_to_var = sp.csr_matrix((np.ones(n_e), (np.arange(n_e), self.entry_var)), shape=(n_e, n_vars))
+        self.var_from_entry = self.entry_to_var.T.tocsr()
         self._q_pattern = self._small_pattern()  # shared with the float32 copy (:meth:`cast`)
         self.dtype = np.dtype(np.float64)  # of the dense data and of every result (see :meth:`cast`)
-        self.G = self.apply(np.eye(d))  # dense r × d (rows of the lift)
-        self.vars_used = np.unique(self.ev)
+        self.lift = self.apply(np.eye(d))  # dense r × d (rows of the lift)
+        self.vars_used = np.unique(self.entry_var)
         self._factorise()
 
     def cast(self, dtype) -> "_Block":
@@ -186,11 +207,12 @@ class _Block:
         every product of the copy is computed in that precision (float32: twice the BLAS speed)."""
         out = copy.copy(self)
         out.dtype = np.dtype(dtype)
-        out.F0 = self.F0.astype(dtype)
-        out.G = self.G.astype(dtype)
-        out.groups = [_Group(g.start, g.stop, g.cols, None if g.D is None else g.D.astype(dtype)) for g in self.groups]
-        out.W = self.W.astype(dtype)
-        out.W_signed = self.W_signed.astype(dtype)
+        out.constant = self.constant.astype(dtype)
+        out.lift = self.lift.astype(dtype)
+        out.groups = [_Group(g.start, g.stop, g.cols, None if g.panel is None else g.panel.astype(dtype))
+                      for g in self.groups]
+        out.factors = self.factors.astype(dtype)
+        out.factors_signed = self.factors_signed.astype(dtype)
         return out
 
     def _mirror_entries(self) -> None:
@@ -202,16 +224,17 @@ class _Block:
         adjoint products (:meth:`adj_rows`) rely on.  LipSDP's terms are
         symmetric already (nothing changes for them).
         """
-        if not self.ea.size:
+        if not self.entry_left.size:
             return
-        scale = np.abs(self.eq).max()
+        scale = np.abs(self.entry_coef).max()
         key = lambda a, b, q, v: set(zip(a.tolist(), b.tolist(), np.round(q / scale, 12).tolist(), v.tolist()))
-        if key(self.ea, self.eb, self.eq, self.ev) == key(self.eb, self.ea, self.eq, self.ev):
+        left, right, coef, var = self.entry_left, self.entry_right, self.entry_coef, self.entry_var
+        if key(left, right, coef, var) == key(right, left, coef, var):
             return
-        off = self.ea != self.eb
-        q = np.where(off, 0.5 * self.eq, self.eq)
-        self.ea, self.eb = np.r_[self.ea, self.eb[off]], np.r_[self.eb, self.ea[off]]
-        self.eq, self.ev = np.r_[q, q[off]], np.r_[self.ev, self.ev[off]]
+        off = self.entry_left != self.entry_right
+        q = np.where(off, 0.5 * self.entry_coef, self.entry_coef)
+        self.entry_left, self.entry_right = np.r_[left, right[off]], np.r_[right, left[off]]
+        self.entry_coef, self.entry_var = np.r_[q, q[off]], np.r_[self.entry_var, self.entry_var[off]]
 
     def _factor_entries(self):
         """The eigen-factors of every variable's small matrix ``Q_i`` (rows ``idx_i`` of the lift).
@@ -221,19 +244,19 @@ class _Block:
         factors ordered by variable.  Eigenvalues below ``1e-13`` of the largest
         of their matrix are dropped.
         """
-        n_e = self.ea.size
+        n_e = self.entry_left.size
         if not n_e:
             empty = np.zeros(0, np.int64)
             return empty, empty, np.zeros(0), np.zeros(0), empty
-        owner = np.cumsum(np.r_[True, np.diff(self.ev) != 0]) - 1  # variable rank of each entry
+        owner = np.cumsum(np.r_[True, np.diff(self.entry_var) != 0]) - 1  # variable rank of each entry
         n_var = int(owner[-1]) + 1
         # the sorted lifted rows each variable touches: unique (variable, row) keys
-        keys = np.unique(np.r_[owner * self.r + self.ea, owner * self.r + self.eb])
-        key_var, key_row = keys // self.r, keys % self.r
+        keys = np.unique(np.r_[owner * self.lift_rows + self.entry_left, owner * self.lift_rows + self.entry_right])
+        key_var, key_row = keys // self.lift_rows, keys % self.lift_rows
         first_key = np.searchsorted(key_var, np.arange(n_var))
         size = np.diff(np.r_[first_key, keys.size])
-        pa = np.searchsorted(keys, owner * self.r + self.ea) - first_key[owner]
-        pb = np.searchsorted(keys, owner * self.r + self.eb) - first_key[owner]
+        pa = np.searchsorted(keys, owner * self.lift_rows + self.entry_left) - first_key[owner]
+        pb = np.searchsorted(keys, owner * self.lift_rows + self.entry_right) - first_key[owner]
         f_var, f_pos, f_lam, f_vec = [], [], [], []  # per size: kept factors (variable rank, order, value, vector)
         for m in np.unique(size):
             members = np.flatnonzero(size == m)
@@ -241,7 +264,7 @@ class _Block:
             slot[members] = np.arange(members.size)
             e = np.flatnonzero(size[owner] == m)
             small = np.zeros((members.size, m, m))
-            np.add.at(small, (slot[owner[e]], pa[e], pb[e]), self.eq[e])
+            np.add.at(small, (slot[owner[e]], pa[e], pb[e]), self.entry_coef[e])
             small = 0.5 * (small + small.transpose(0, 2, 1))
             diagonal = np.count_nonzero(small - np.einsum("vii->vi", small)[:, :, None] * np.eye(m), axis=(1, 2)) == 0
             lam = np.empty((members.size, m))
@@ -269,7 +292,7 @@ class _Block:
             rows.append(rank[ids[rr]])
             cols.append(key_row[first_key[f_var[ids[rr]]] + cc])
             vals.append(vecs[rr, cc])
-        variables = self.ev[self.var_starts][f_var[order]].astype(np.int64)
+        variables = self.entry_var[self.var_starts][f_var[order]].astype(np.int64)
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), f_lam[order], variables
 
     def _factorise(self) -> None:
@@ -281,14 +304,15 @@ class _Block:
         small matrices are gathered by size and eigen-decomposed as stacks; a
         diagonal one keeps its unit vectors exactly (W stays as sparse as Q).
         """
-        rows_w, cols_w, vals_w, self.fs, self.fvar = self._factor_entries()
-        self.R = count = self.fs.size
-        self.W = sp.csr_matrix((vals_w, (rows_w, cols_w)), shape=(count, self.r))
-        self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.fvar) != 0]) if count else np.zeros(0, np.int64)
+        rows_w, cols_w, vals_w, self.factor_signs, self.factor_var = self._factor_entries()
+        self.n_factors = count = self.factor_signs.size
+        self.factors = sp.csr_matrix((vals_w, (rows_w, cols_w)), shape=(count, self.lift_rows))
+        self.f_starts = np.flatnonzero(np.r_[True, np.diff(self.factor_var) != 0]) if count else np.zeros(0, np.int64)
         counts = np.diff(np.r_[self.f_starts, count]) if count else np.zeros(0, np.int64)
         self.f_runs = _factor_runs(counts)
-        self.W_signed = sp.csr_matrix(sp.diags(self.fs) @ self.W)  # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
-        self.used_index = as_index(self.fvar[self.f_starts]) if count else slice(0, 0)
+        # rows s_k w_kᵀ: W_s U W_sᵀ carries s_k s_l
+        self.factors_signed = sp.csr_matrix(sp.diags(self.factor_signs) @ self.factors)
+        self.used_index = as_index(self.factor_var[self.f_starts]) if count else slice(0, 0)
 
     def factor_gram(self, lifted: np.ndarray, signed: bool = False,
                     work: "_GramWork | None" = None) -> np.ndarray | None:
@@ -298,10 +322,11 @@ class _Block:
         With ``work`` the product and its temporaries are written into that memory (the
         result is overwritten by the next call with the same ``work``); else into new memory.
         """
-        if not self.R:
+        if not self.n_factors:
             return None
-        w = self.W_signed if signed else self.W
-        t, t_transposed, gram = (work or _GramWork(self.R, self.r, lifted.dtype.itemsize)).arrays(lifted.dtype)
+        w = self.factors_signed if signed else self.factors
+        work = work or _GramWork(self.n_factors, self.lift_rows, lifted.dtype.itemsize)
+        t, t_transposed, gram = work.arrays(lifted.dtype)
         sparse_times_dense(w, lifted, t)  # R × r
         # sparse × dense wants the dense factor C-contiguous
         return sparse_times_dense(w, transpose_copy(t, out=t_transposed), gram)
@@ -319,9 +344,10 @@ class _Block:
     def factor_sum(self) -> sp.csr_matrix:
         """(R × #used variables) 0/1 matrix summing each variable's factors: :meth:`reduce_factors`'
         path for blocks of more than ``_MAX_FACTOR_RUNS`` runs, built on first use."""
-        counts = np.diff(np.r_[self.f_starts, self.R])
+        counts = np.diff(np.r_[self.f_starts, self.n_factors])
         owner = np.repeat(np.arange(counts.size), counts)
-        return sp.csr_matrix((np.ones(self.R), (np.arange(self.R), owner)), shape=(self.R, counts.size))
+        count = self.n_factors
+        return sp.csr_matrix((np.ones(count), (np.arange(count), owner)), shape=(count, counts.size))
 
     def reduce_factors(self, k: np.ndarray, out: np.ndarray) -> None:
         """Add ``M_ij = Σ_{k∈i, l∈j} K_kl`` (symmetric R × R ``K``, signs included) into ``out``.
@@ -344,11 +370,11 @@ class _Block:
         """
         rows, cols, vals = [], [], []
         step = max(1, chunk_bytes // (8 * max(self.dim, 1)))
-        for s in range(0, self.ea.size, step):
-            e = slice(s, min(s + step, self.ea.size))
-            prod = self.eq[e, None] * self.G[self.ea[e]] * self.G[self.eb[e]]
+        for s in range(0, self.entry_left.size, step):
+            e = slice(s, min(s + step, self.entry_left.size))
+            prod = self.entry_coef[e, None] * self.lift[self.entry_left[e]] * self.lift[self.entry_right[e]]
             r, c = np.nonzero(prod)
-            rows.append(self.ev[e][r])
+            rows.append(self.entry_var[e][r])
             cols.append(c)
             vals.append(prod[r, c])
         cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
@@ -360,13 +386,13 @@ class _Block:
     # -- lifted linear algebra
     def apply(self, y: np.ndarray) -> np.ndarray:
         """``G @ y`` for ``y`` of shape (d, k)."""
-        out = np.empty((self.r, y.shape[1]), dtype=self.dtype)
+        out = np.empty((self.lift_rows, y.shape[1]), dtype=self.dtype)
         for g in self.groups:
             part = y[g.cols]
-            if g.D is None:
+            if g.panel is None:
                 out[g.start:g.stop] = part
             else:
-                matmul(g.D, part, out=out[g.start:g.stop])
+                matmul(g.panel, part, out=out[g.start:g.stop])
         return out
 
     def apply_t(self, b: np.ndarray) -> np.ndarray:
@@ -374,13 +400,13 @@ class _Block:
         out = np.zeros((self.dim, b.shape[1]), dtype=self.dtype)
         for g in self.groups:
             part = b[g.start:g.stop]
-            if g.D is None:
+            if g.panel is None:
                 if isinstance(g.cols, slice):
                     out[g.cols] += part
                 else:
                     np.add.at(out, g.cols, part)
             else:
-                out[g.cols] += matmul(g.D.T, part)  # cols is a slice or unique (np.unique): fancy += is safe
+                out[g.cols] += matmul(g.panel.T, part)  # cols is a slice or unique (np.unique): fancy += is safe
         return out
 
     def lifted(self, y: np.ndarray, gy: np.ndarray | None = None) -> np.ndarray:
@@ -397,13 +423,14 @@ class _Block:
 
     def _small_pattern(self) -> tuple:
         """The CSR pattern of ``Q(dy)`` (:meth:`small`) and, per entry e, the slot it adds into."""
-        q = sp.csr_matrix((np.arange(1, self.ea.size + 1, dtype=float), (self.ea, self.eb)), shape=(self.r, self.r))
+        q = sp.csr_matrix((np.arange(1, self.entry_left.size + 1, dtype=float), (self.entry_left, self.entry_right)),
+                          shape=(self.lift_rows, self.lift_rows))
         q.has_canonical_format = False
         q.sum_duplicates()
         # entry k of the pattern sums the entries e with slot[e] == k
-        slot = np.empty(self.ea.size, np.int64)
-        order = np.lexsort((self.eb, self.ea))
-        keys = self.ea[order] * self.r + self.eb[order]
+        slot = np.empty(self.entry_left.size, np.int64)
+        order = np.lexsort((self.entry_right, self.entry_left))
+        keys = self.entry_left[order] * self.lift_rows + self.entry_right[order]
         first = np.r_[True, keys[1:] != keys[:-1]]
         slot[order] = np.cumsum(first) - 1
         return q.indptr, q.indices, slot, q.nnz
@@ -411,12 +438,13 @@ class _Block:
     def small(self, dy: np.ndarray) -> sp.csr_matrix:
         """Sparse ``Q(dy)`` (r × r) with ``Σ_i dy_i A_i = Gᵀ Q(dy) G``, on the pattern built once."""
         indptr, indices, slot, nnz = self._q_pattern
-        data = np.bincount(slot, weights=self.eq * dy[self.ev], minlength=nnz).astype(self.dtype, copy=False)
-        return sp.csr_matrix((data, indices, indptr), shape=(self.r, self.r))
+        data = np.bincount(slot, weights=self.entry_coef * dy[self.entry_var], minlength=nnz)
+        data = data.astype(self.dtype, copy=False)
+        return sp.csr_matrix((data, indices, indptr), shape=(self.lift_rows, self.lift_rows))
 
     def op(self, dy: np.ndarray, q: sp.csr_matrix | None = None) -> np.ndarray:
         """Dense ``Σ_i dy_i A_i = Gᵀ Q(dy) G`` (d × d); ``q`` = ``Q(dy)`` if already built."""
-        out = self.apply_t(np.asarray((self.small(dy) if q is None else q) @ self.G))
+        out = self.apply_t(np.asarray((self.small(dy) if q is None else q) @ self.lift))
         return 0.5 * (out + out.T)
 
     def op_times(self, gy: np.ndarray, q: sp.csr_matrix) -> np.ndarray:
@@ -430,7 +458,7 @@ class _Block:
 
     def adj_lifted(self, lifted: np.ndarray) -> np.ndarray:
         """``𝒜(Y)`` from the lifted ``G Y Gᵀ``."""
-        return self.PT @ (self.eq * lifted[self.eb, self.ea])
+        return self.var_from_entry @ (self.entry_coef * lifted[self.entry_right, self.entry_left])
 
     def adj_rows(self, left: np.ndarray, right: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """``Σ_e q_e left[a_e] · right[b_e]`` for each variable (rows of two r × d matrices).
@@ -439,12 +467,12 @@ class _Block:
         (``g_aᵀ P S g_b`` summed; the entries are mirrored, :meth:`_mirror_entries`,
         so P S need not be symmetric and ``𝒜(K) = 𝒜(Kᵀ) = adj_rows(G, G K)``).
         """
-        n_e = self.ea.size
+        n_e = self.entry_left.size
         vals = np.empty(n_e)
         for s in range(0, n_e, chunk):
             e = slice(s, min(s + chunk, n_e))
-            vals[e] = np.einsum("ij,ij->i", left[self.ea[e]], right[self.eb[e]])
-        return self.PT @ (self.eq * vals)
+            vals[e] = np.einsum("ij,ij->i", left[self.entry_left[e]], right[self.entry_right[e]])
+        return self.var_from_entry @ (self.entry_coef * vals)
 
 
 def _factor_runs(counts: np.ndarray) -> list:
@@ -463,9 +491,7 @@ def _factor_runs(counts: np.ndarray) -> list:
 
 def _sum_factor_runs(k: np.ndarray, runs: list) -> np.ndarray:
     """Rows of ``k`` summed over each variable's factors (:func:`_factor_runs`): one strided slice
-    per factor position of a run, added whole.  Measured here at R = 464 (LMI 264), rows then
-    columns: 0.14 ms against 1.0 ms (a reshape and sum) or 1.6 ms (the sparse product) on their
-    own, 0.38 ms against 0.72 ms inside a solve."""
+    per factor position of a run, added whole (faster than a reshape-and-sum or a sparse product)."""
     out = np.empty((sum(n for _, n, _ in runs), k.shape[1]), dtype=k.dtype)
     pos = 0
     for start, n, g in runs:
@@ -508,8 +534,9 @@ def _gram_work(blocks: list) -> list:
     enough (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
     out = []
     for blk in blocks:
-        keep = blk.R and max(blk.R, blk.r) ** 2 <= _GRAM_REUSE_MAX
-        out.append((_GramWork(blk.R, blk.r), _GramWork(blk.R, blk.r)) if keep else (None, None))
+        keep = blk.n_factors and max(blk.n_factors, blk.lift_rows) ** 2 <= _GRAM_REUSE_MAX
+        out.append((_GramWork(blk.n_factors, blk.lift_rows), _GramWork(blk.n_factors, blk.lift_rows)) if keep
+                   else (None, None))
     return out
 
 
@@ -733,7 +760,7 @@ def _implied_nonnegative(blocks, candidates: np.ndarray) -> np.ndarray:
     the LP cone leaves the feasible set as it is; it spares the method a cone
     whose complementarity slows it down (LipSDP-Neuron: the −2λ_j diagonal of
     every hidden neuron and the ρ I of the inputs imply all of its bounds, and
-    the iteration count drops by 10–20 %).  "Only y_i" is decided on exact zeros
+    fewer iterations are needed).  "Only y_i" is decided on exact zeros
     of the other coefficients, so a rounding-size coefficient keeps the bound.
     """
     implied = np.zeros(candidates.size, bool)
@@ -742,7 +769,7 @@ def _implied_nonnegative(blocks, candidates: np.ndarray) -> np.ndarray:
         counts = np.diff(diag.indptr)
         for p in np.flatnonzero(counts == 1):
             i = diag.indices[diag.indptr[p]]
-            if candidates[i] and diag.data[diag.indptr[p]] > 0 and blk.F0[p, p] <= 0:
+            if candidates[i] and diag.data[diag.indptr[p]] > 0 and blk.constant[p, p] <= 0:
                 implied[i] = True
     return implied
 
@@ -845,6 +872,360 @@ class IPMResult:
 
 
 # ----------------------------------------------------------------------------- the method
+@dataclass
+class _Problem:
+    """What a solve keeps fixed: the cost, the lifted blocks (float64), the LP cone and the workspaces."""
+
+    n: int  # variables
+    cost: np.ndarray
+    norm_cost: float
+    blocks: list  # float64 :class:`_Block`s
+    lp_vars: np.ndarray  # the variables whose bound y_i ≥ 0 the LP cone keeps (those the LMIs do not imply)
+    implied: np.ndarray  # the variables whose bound an LMI implies (clamped to ≥ 0 on return)
+    unused: np.ndarray  # variables that appear nowhere (cost 0): fixed at 0 through the Schur complement
+    gram_work: list
+    barrier_order: int  # Σ block sizes + LP size (μ = gap / this)
+    bandwidth: int  # of the Schur complement
+    norm_constant: float = 1.0  # max(1, ‖F⁰_b‖_F) in the starting precision (set by :func:`_start`)
+
+    @classmethod
+    def build(cls, sdp: SDP) -> "_Problem":
+        n = sdp.n_vars
+        cost = np.asarray(sdp.objective, float)
+        blocks = [_Block(b, n) for b in sdp.blocks]
+        nonneg = np.asarray(sdp.nonneg, bool)
+        used = np.zeros(n, bool)
+        for blk in blocks:
+            used[blk.vars_used] = True
+        used[nonneg] = True
+        implied = _implied_nonnegative(blocks, nonneg)
+        lp_vars = np.flatnonzero(nonneg & ~implied)
+        if not np.all(used | (cost == 0)):
+            raise SolverFailedError("a variable with a non-zero cost appears in no constraint: the SDP is unbounded",
+                                    "infeasible")
+        return cls(n, cost, float(np.linalg.norm(cost)), blocks, lp_vars, implied, ~used, _gram_work(blocks),
+                   sum(b.dim for b in blocks) + lp_vars.size, _schur_bandwidth(blocks, n))
+
+
+@dataclass
+class _State:
+    """The iterate ``(X, x_l; y, Z, z_l)`` and what one iteration hands to the next."""
+
+    blocks: list  # the problem's blocks in the working precision (float32 copies in the early phase)
+    X: list
+    Z: list
+    y: np.ndarray
+    x_l: np.ndarray
+    z_l: np.ndarray
+    low: bool  # in the float32 phase
+    to_double: bool = False  # leave the float32 phase before the next iteration
+    fy: list | None = None  # F(y), updated by each dual step
+    lx: list | None = None  # Cholesky factors of X and Z when the last step computed them
+    lz: list | None = None
+    dual_feasible: bool = False  # Z is F(y) itself (after a full dual step)
+    stall: int = 0
+    ritz: dict | None = None  # last Ritz vectors of the step-length problems: the next starting vectors
+
+
+@dataclass
+class _Linearisation:
+    """One iteration's residuals and lifted products: ``rd = F(y) − Z`` (None once dual feasible),
+    ``gx = G X``, ``u = G X Gᵀ``, ``zinv = Z⁻¹``, ``gzi = G Z⁻¹``, ``v = G Z⁻¹ Gᵀ``."""
+
+    rd: list
+    rd_l: np.ndarray
+    gx: list
+    u: list
+    zinv: list
+    gzi: list
+    v: list
+
+
+@dataclass
+class _Measures:
+    pobj: float
+    dobj: float
+    gap: float
+    mu: float
+    rel_gap: float
+    pinf: float
+    dinf: float
+
+    @property
+    def score(self) -> float:
+        return max(self.rel_gap, self.pinf, self.dinf)
+
+
+def _start(prob: _Problem, y0: np.ndarray | None, single_until: float) -> _State:
+    """SDPT3's scaled identities ``ξI, ηI`` shrunk by ``_START_X_SCALE``, ``_START_Z_SCALE``; in float32
+    when ``single_until > 0``."""
+    c = prob.cost
+    X, Z = [], []
+    for blk in prob.blocks:
+        # crude ‖A_i‖_F estimate: Σ|q| ‖g_a‖‖g_b‖
+        gn = np.linalg.norm(blk.lift, axis=1)
+        a_f = blk.var_from_entry @ (np.abs(blk.entry_coef) * gn[blk.entry_left] * gn[blk.entry_right])
+        a_f = np.asarray(a_f).ravel()
+        d = blk.dim
+        xi = max(10.0, np.sqrt(d), d * float(np.max((1 + np.abs(c)) / (1 + a_f))))
+        eta = max(10.0, np.sqrt(d), float(np.linalg.norm(blk.constant)), float(np.max(a_f, initial=0.0)))
+        eta = min(eta, 1e3 * max(1.0, np.sqrt(d)))
+        xi, eta = _START_X_SCALE * xi, _START_Z_SCALE * eta
+        X.append(xi * np.eye(d))
+        Z.append(eta * np.eye(d))
+    low = single_until > 0
+    blocks = prob.blocks
+    if low:
+        blocks = [blk.cast(np.float32) for blk in prob.blocks]
+        X = [x.astype(np.float32) for x in X]
+        Z = [z.astype(np.float32) for z in Z]
+    prob.norm_constant = max(1.0, max(float(np.linalg.norm(b.constant)) for b in blocks))
+    n_l = prob.lp_vars.size
+    y = np.zeros(prob.n) if y0 is None else np.array(y0, float)
+    x_l = np.full(n_l, max(10.0, np.sqrt(n_l))) if n_l else np.zeros(0)
+    z_l = np.full(n_l, max(10.0, np.sqrt(n_l))) if n_l else np.zeros(0)
+    if y0 is not None and n_l:
+        z_l = np.maximum(y[prob.lp_vars], 1e-3 * (1 + np.abs(y[prob.lp_vars])))
+    return _State(blocks, X, Z, y, x_l, z_l, low, ritz={})
+
+
+def _switch_to_double(prob: _Problem, st: _State) -> None:
+    """Leave the float32 phase: the same iterate in float64, ``F(y)`` recomputed (and factored as Z
+    when dual feasible; if it lost definiteness, Z is kept separate again)."""
+    st.low, st.to_double, st.blocks = False, False, prob.blocks
+    st.X = [x.astype(np.float64) for x in st.X]
+    st.Z = [z.astype(np.float64) for z in st.Z]
+    st.fy, st.lx, st.lz = [blk.constant + blk.op(st.y) for blk in st.blocks], None, None
+    if st.dual_feasible:
+        st.lz = [_chol(f) for f in st.fy]
+        if any(lo is None for lo in st.lz):
+            st.dual_feasible, st.lz = False, None
+
+
+def _residuals(prob: _Problem, st: _State) -> _Linearisation | None:
+    """The dual residuals, the Cholesky factors of X and Z and the lifted products of both sides
+    (computed at once, :func:`~lipsdp.runtime.in_parallel`); None when a factorisation fails."""
+    if st.fy is None:
+        st.fy = [blk.constant + blk.op(st.y) for blk in st.blocks]
+    if st.dual_feasible:  # Z is F(y) itself (the residual would only be rounding)
+        st.Z = st.fy
+        rd = [None] * len(st.blocks)
+        st.z_l = st.y[prob.lp_vars].copy()
+    else:
+        rd = [f - z for f, z in zip(st.fy, st.Z)]
+    rd_l = st.y[prob.lp_vars] - st.z_l
+    if st.lz is None:
+        st.lz = [_chol(z) for z in st.Z]
+    if st.lx is None:
+        st.lx = [_chol(x) for x in st.X]
+    if any(lo is None for lo in st.lz) or any(lo is None for lo in st.lx):
+        return None
+
+    def x_side():  # G X, G X Gᵀ (on the worker thread at once with the Z side)
+        gx_ = [blk.apply(x) for blk, x in zip(st.blocks, st.X)]
+        return gx_, [blk.lifted(x, g) for blk, x, g in zip(st.blocks, st.X, gx_)]
+
+    def z_side():  # Z⁻¹, G Z⁻¹, G Z⁻¹ Gᵀ
+        zinv_ = [_inv_from_chol(lo) for lo in st.lz]
+        gzi_ = [blk.apply(zi) for blk, zi in zip(st.blocks, zinv_)]
+        return zinv_, gzi_, [blk.lifted(zi, g) for blk, zi, g in zip(st.blocks, zinv_, gzi_)]
+
+    (gx, u), (zinv, gzi, v) = in_parallel(x_side, z_side)
+    return _Linearisation(rd, rd_l, gx, u, zinv, gzi, v)
+
+
+def _measures(prob: _Problem, st: _State, lin: _Linearisation) -> _Measures:
+    """Objectives, complementarity gap and the relative gap and infeasibilities the stopping test uses."""
+    c, lp = prob.cost, prob.lp_vars
+    ax = sum(blk.adj_lifted(uu) for blk, uu in zip(st.blocks, lin.u))
+    rp = c - ax
+    if lp.size:
+        rp[lp] -= st.x_l
+    pobj = -sum(float(np.vdot(b.constant, x)) for b, x in zip(st.blocks, st.X))
+    dobj = float(c @ st.y)
+    gap = sum(float(np.vdot(x, z)) for x, z in zip(st.X, st.Z)) + float(st.x_l @ st.z_l)
+    # truly relative (LipSDP optima of normalised nets can be ≪ 1): |c|ᵀ|y| guards against a zero optimum
+    denom = max(abs(pobj) + abs(dobj), 1e-12 * (1.0 + float(np.abs(c) @ np.abs(st.y))), 1e-300)
+    rel_gap = max(abs(dobj - pobj), gap) / denom
+    pinf = float(np.linalg.norm(rp)) / (1 + prob.norm_cost)
+    dinf = (np.sqrt(sum(float(np.vdot(r, r)) for r in lin.rd if r is not None) + float(lin.rd_l @ lin.rd_l))
+            / (1 + prob.norm_constant))
+    return _Measures(pobj, dobj, gap, gap / prob.barrier_order, rel_gap, pinf, dinf)
+
+
+def _stopping(prob: _Problem, st: _State, ms: _Measures, it: int, max_iters: int, tol: float) -> str | None:
+    """``"optimal"`` (converged in float64), ``"max-iterations"``, ``"numerical"`` (objectives not
+    finite), ``"infeasible"`` (the iterates diverge), or None to go on."""
+    if not st.low and ms.rel_gap <= tol and ms.pinf <= tol and ms.dinf <= tol:
+        return "optimal"
+    if it == max_iters:
+        return "max-iterations"
+    xnorm = max(float(np.linalg.norm(x)) for x in st.X)
+    if not np.isfinite(ms.dobj) or not np.isfinite(ms.pobj):
+        return "numerical"
+    if np.linalg.norm(st.y) > 1e12 * (1 + prob.norm_cost) or xnorm > 1e14:
+        return "infeasible"
+    return None
+
+
+def _schur_solver(prob: _Problem, st: _State, lin: _Linearisation):
+    """The factored Schur complement ``M_ij = tr(A_i X A_j Z⁻¹)`` (+ LP cone, + 1 for unused
+    variables) as a solve function; :class:`SolverFailedError` when it is too ill-conditioned."""
+    m = _schur_complement(st.blocks, lin.u, lin.v, prob.n, prob.gram_work)
+    if prob.lp_vars.size:
+        m[prob.lp_vars, prob.lp_vars] += st.x_l / st.z_l
+    if np.any(prob.unused):
+        m[prob.unused, prob.unused] += 1.0
+    return _SchurSolver(m, prob.bandwidth).solve
+
+
+class _Newton:
+    """The HKM search direction of one iteration, predictor and corrector, and its step lengths."""
+
+    def __init__(self, prob: _Problem, st: _State, lin: _Linearisation, solve_m):
+        self.prob, self.st, self.lin, self.solve_m = prob, st, lin, solve_m
+        # the dual-residual part of W Z⁻¹ (W = σμI − X Rd − corr) and its 𝒜, shared by predictor and corrector
+        self.rd_wz = [None if r is None else -matmul(matmul(x, r), zi) for x, r, zi in zip(st.X, lin.rd, lin.zinv)]
+        self.rd_rhs = np.zeros(prob.n)
+        for blk, wz in zip(st.blocks, self.rd_wz):
+            if wz is not None:
+                self.rd_rhs += blk.adj_rows(blk.lift, blk.apply(wz))
+        self.inverses = {}  # inverse factors of this iteration's X and Z (batched step lengths)
+
+    def corrector_terms(self, dx, dz):
+        """The second-order terms ``corr = ΔX_p ΔZ_p`` of the predictor step (per block) and
+        ``𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]``."""
+        corr = [matmul(a, b) for a, b in zip(dx, dz)]
+        corr_rhs = np.zeros(self.prob.n)
+        for k, blk in enumerate(self.st.blocks):
+            corr_rhs += blk.adj_rows(blk.apply(corr[k]), self.lin.gzi[k])
+        return corr, corr_rhs
+
+    def direction(self, sig_mu, corr_x, corr_rhs, corr_l):
+        """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, 𝒜(ΔX_p ΔZ_p Z⁻¹), Δx_p Δz_p) or None."""
+        st, lin, lp = self.st, self.lin, self.prob.lp_vars
+        n_l = lp.size
+        rhs = self.rd_rhs - self.prob.cost  # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
+        if corr_rhs is not None:
+            rhs -= corr_rhs
+        if sig_mu:
+            for k, blk in enumerate(st.blocks):
+                rhs += sig_mu * blk.adj_lifted(lin.v[k])
+        if n_l:
+            t = sig_mu / st.z_l - st.x_l * lin.rd_l / st.z_l
+            if corr_l is not None:
+                t -= corr_l / st.z_l
+            rhs[lp] += t
+        dy = self.solve_m(rhs)
+        dz, dx, dzys = [], [], []
+        for k, blk in enumerate(st.blocks):
+            q = blk.small(dy)
+            dzy = blk.op(dy, q)
+            dzys.append(dzy)
+            dzk = dzy if lin.rd[k] is None else lin.rd[k] + dzy
+            # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:
+            #    = sym(−X Rd Z⁻¹ − (X ΔZ_y + corr) Z⁻¹) + σμZ⁻¹ − X
+            # only sym(·) of the product is used and sym(Kᵀ) = sym(K): form the transpose
+            # Z⁻¹ (ΔZ_y X + corrᵀ), whose factors are both C-contiguous (a split product)
+            dzx = blk.op_times(lin.gx[k], q)  # ΔZ_y X = (X ΔZ_y)ᵀ
+            if corr_x is not None:
+                dzx += corr_x[k].T
+            dxk = matmul(lin.zinv[k], dzx)
+            np.negative(dxk, out=dxk)
+            if self.rd_wz[k] is not None:
+                dxk += self.rd_wz[k]
+            dxk = 0.5 * (dxk + dxk.T) - st.X[k]
+            if sig_mu:
+                dxk += sig_mu * lin.zinv[k]
+            dz.append(dzk)
+            dx.append(dxk)
+        dzl = lin.rd_l + dy[lp] if n_l else np.zeros(0)
+        dxl = (sig_mu - st.x_l * st.z_l - st.x_l * dzl - (corr_l if corr_l is not None else 0.0)) / st.z_l \
+            if n_l else np.zeros(0)
+        return dy, dx, dz, dxl, dzl, dzys
+
+    def steps(self, dx, dz, dxl, dzl, tol):
+        """Step lengths of X (blocks 0..B-1 of one Lanczos call) and Z (blocks B..2B-1)."""
+        st = self.st
+        both = _steps_psd(st.lx + st.lz, dx + dz, self.inverses, st.ritz, tol)
+        ap = min(both[:len(st.blocks)] + [_step_lp(st.x_l, dxl)])
+        ad = min(both[len(st.blocks):] + [_step_lp(st.z_l, dzl)])
+        return ap, ad
+
+    def predictor_corrector(self, ms: _Measures):
+        """Mehrotra's predictor-corrector: the affine direction and its step lengths give the centring
+        σ = (gap_aff / gap)^e; the corrector direction for σμ with the second-order terms.  Returns
+        ``(dy, dx, dz, dxl, dzl, dzys, σ, α_p, α_d)``."""
+        st = self.st
+        dy, dx, dz, dxl, dzl, _ = self.direction(0.0, None, None, None)
+        # independent, so computed at once: the predictor's step lengths (Lanczos, mostly
+        # Python-level work) and the corrector's second-order terms (dense products)
+        (ap, ad), (corr_x, corr_rhs) = in_parallel(lambda: self.steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL),
+                                                   lambda: self.corrector_terms(dx, dz))
+        ap1, ad1 = min(1.0, ap), min(1.0, ad)
+        gap_aff = sum(float(np.vdot(x + ap1 * a, z + ad1 * b)) for x, a, z, b in zip(st.X, dx, st.Z, dz))
+        if st.x_l.size:
+            gap_aff += float((st.x_l + ap1 * dxl) @ (st.z_l + ad1 * dzl))
+        expon = max(1.0, 3 * min(ap1, ad1) ** 2)
+        sigma = min(1.0, max(0.0, gap_aff / ms.gap)) ** expon
+        corr_l = dxl * dzl if st.x_l.size else None
+        dy, dx, dz, dxl, dzl, dzys = self.direction(sigma * ms.mu, corr_x, corr_rhs, corr_l)
+        ap, ad = self.steps(dx, dz, dxl, dzl, _LANCZOS_TOL)
+        return dy, dx, dz, dxl, dzl, dzys, sigma, ap, ad
+
+
+def _take_step(st: _State, direction, sigma: float, ap: float, ad: float, verbose: bool) -> str | None:
+    """Move to the new iterate with step lengths ``γα`` (backed off until X and Z factor), counting
+    collapsed steps; ``"numerical"``/``"stalled"`` when it fails in float64 (in float32 it asks for
+    the switch to float64 instead, ``"retry"``), else None."""
+    dy, dx, dz, dxl, dzl, dzys = direction
+    gamma = 0.9 + 0.09 * min(min(ap, 1.0), min(ad, 1.0))
+    ap = min(1.0, gamma * ap)
+    ad = min(1.0, gamma * ad)
+    if verbose:
+        print(f"    sigma {sigma:.2e}  step primal {ap:.3f} dual {ad:.3f}")
+    (newx, st.lx, ap), (newz, st.lz, ad) = in_parallel(lambda: _factorable_step(st.X, dx, ap),
+                                                       lambda: _factorable_step(st.Z, dz, ad))
+    if any(lo is None for lo in st.lx) or any(lo is None for lo in st.lz):
+        if st.low:  # the iterate is unchanged: go on in float64 from it
+            st.to_double = True
+            return "retry"
+        return "numerical"
+    if max(ap, ad) < 1e-8:
+        st.stall += 5
+    elif min(ap, ad) < 1e-3:
+        st.stall += 1
+    else:
+        st.stall = 0
+    if st.stall >= 10 and st.low:
+        st.to_double, st.stall = True, 0  # collapsed steps in float32: go on in float64
+    elif st.stall >= 10:
+        return "stalled"
+    st.X = newx
+    st.y = st.y + ad * dy
+    st.fy = [f + ad * g for f, g in zip(st.fy, dzys)]
+    # once dual feasible, Z was F(y) and both moved by α_d ΔZ_y: newz equals fy entry by entry
+    st.Z = st.fy if st.dual_feasible else newz
+    if ad == 1.0 and not st.dual_feasible:
+        # after a full dual step the dual residual is only rounding: Z = F(y) from now on
+        st.dual_feasible = True
+        st.Z = st.fy
+        st.lz = None
+    if st.x_l.size:
+        st.x_l = st.x_l + ap * dxl
+        st.z_l = st.z_l + ad * dzl
+    return None
+
+
+_FAILURES = {
+    "max-iterations": "did not converge in {max_iters} iterations",
+    "stalled": "stalled (step lengths collapsed)",
+    "ill-conditioned": "the Schur complement became too ill-conditioned",
+    "infeasible": "the iterates diverged: the SDP looks primal or dual infeasible",
+    "numerical": "numerical trouble (lost positive definiteness)",
+}
+
+
 def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iters: int = 80,
               verbose: bool = False, y0: np.ndarray | None = None,
               single_until: float = _SINGLE_PRECISION_UNTIL) -> IPMResult:
@@ -873,328 +1254,110 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
     SolverFailedError
         With ``status`` one of ``"max-iterations"``, ``"stalled"``,
         ``"ill-conditioned"``, ``"infeasible"``, ``"numerical"``.
+
+    Notes
+    -----
+    One iteration runs the phases in order on the iterate (:class:`_State`): precision
+    switch (:func:`_switch_to_double`), residuals and lifted products (:func:`_residuals`),
+    measures (:func:`_measures`), stopping test (:func:`_stopping`), Schur complement
+    (:func:`_schur_solver`), search direction and step lengths (:class:`_Newton`), step
+    (:func:`_take_step`).  In float32 a failed factorisation switches to float64 instead
+    of ending the solve.
     """
-    n = sdp.n_vars
-    c = np.asarray(sdp.objective, float)
-    blocks64 = blocks = [_Block(b, n) for b in sdp.blocks]
-    nonneg = np.asarray(sdp.nonneg, bool)
-    used = np.zeros(n, bool)
-    for blk in blocks:
-        used[blk.vars_used] = True
-    used[nonneg] = True
-    implied = _implied_nonnegative(blocks, nonneg)
-    nn = np.flatnonzero(nonneg & ~implied)  # the LP cone keeps only the bounds the LMIs do not imply
-    n_l = nn.size
-    if not np.all(used | (c == 0)):
-        raise SolverFailedError("a variable with a non-zero cost appears in no constraint: the SDP is unbounded",
-                                "infeasible")
-    free_unused = ~used  # variables that appear nowhere (cost 0): fixed at 0
-    gram_work = _gram_work(blocks)
-    nu = sum(b.dim for b in blocks) + n_l
-    bandwidth = _schur_bandwidth(blocks, n)
-
-    # ---- starting point (SDPT3-style scaled identities, shrunk: _START_X_SCALE, _START_Z_SCALE)
-    norm_c = float(np.linalg.norm(c))
-    X, Z = [], []
-    for blk in blocks:
-        # crude ‖A_i‖_F estimate: Σ|q| ‖g_a‖‖g_b‖
-        gn = np.linalg.norm(blk.G, axis=1)
-        a_f = np.asarray(blk.PT @ (np.abs(blk.eq) * gn[blk.ea] * gn[blk.eb])).ravel()
-        d = blk.dim
-        xi = max(10.0, np.sqrt(d), d * float(np.max((1 + np.abs(c)) / (1 + a_f))))
-        eta = max(10.0, np.sqrt(d), float(np.linalg.norm(blk.F0)), float(np.max(a_f, initial=0.0)))
-        eta = min(eta, 1e3 * max(1.0, np.sqrt(d)))
-        xi, eta = _START_X_SCALE * xi, _START_Z_SCALE * eta
-        X.append(xi * np.eye(d))
-        Z.append(eta * np.eye(d))
-    low = single_until > 0  # float32 phase
-    if low:
-        blocks = [blk.cast(np.float32) for blk in blocks64]
-        X = [x.astype(np.float32) for x in X]
-        Z = [z.astype(np.float32) for z in Z]
-    to_double = False  # set when the float32 phase ends: the next iteration starts in float64
-    y = np.zeros(n) if y0 is None else np.array(y0, float)
-    x_l = np.full(n_l, max(10.0, np.sqrt(n_l))) if n_l else np.zeros(0)
-    z_l = np.full(n_l, max(10.0, np.sqrt(n_l))) if n_l else np.zeros(0)
-    if y0 is not None and n_l:
-        z_l = np.maximum(y[nn], 1e-3 * (1 + np.abs(y[nn])))
-
-    norm_f0 = max(1.0, max(float(np.linalg.norm(b.F0)) for b in blocks))
-    history = []
-    last_status = None
-    best = None
-    stall = 0
-    lx = lz = None
-    ritz = {}  # last Ritz vectors of the step-length problems (X blocks, then Z blocks): next starting vectors
-    dual_feasible = False
-    fy = None
+    prob = _Problem.build(sdp)
+    st = _start(prob, y0, single_until)
+    history, best, status = [], None, None
     t0 = time.perf_counter()
     for it in range(max_iters + 1):
-        # drop the last iteration's temporaries before this one makes its own: a smaller heap to fault in
-        gx = u = zinv = gzi = v = m = solve_m = rd_wz = dx = dz = corr_x = dzys = newx = newz = inverses = None
-        if to_double:  # leave the float32 phase: the same iterate in float64, F(y) recomputed
-            low, to_double, blocks = False, False, blocks64
-            X = [x.astype(np.float64) for x in X]
-            Z = [z.astype(np.float64) for z in Z]
-            fy, lx, lz = [blk.F0 + blk.op(y) for blk in blocks], None, None
-            if dual_feasible:  # Z will be F(y): factor it now, or keep Z separate if it lost definiteness
-                lz = [_chol(f) for f in fy]
-                if any(lo is None for lo in lz):
-                    dual_feasible, lz = False, None
-        # ---- residuals
-        if fy is None:  # F(y); afterwards updated by each step's α_d Σ Δy_i A_i
-            fy = [blk.F0 + blk.op(y) for blk in blocks]
-        if dual_feasible:  # Z is F(y) itself (the residual would only be rounding)
-            Z = fy
-            rd = [None] * len(blocks)
-            z_l = y[nn].copy()
-        else:
-            rd = [f - z for f, z in zip(fy, Z)]
-        rd_l = y[nn] - z_l
-        # factorisations (cached from the step when available)
-        if lz is None:
-            lz = [_chol(z) for z in Z]
-        if lx is None:
-            lx = [_chol(x) for x in X]
-        if any(l is None for l in lz) or any(l is None for l in lx):
-            if low:
-                to_double = True
+        lin = newton = None  # drop the last iteration's temporaries before this one makes its own
+        if st.to_double:
+            _switch_to_double(prob, st)
+        lin = _residuals(prob, st)
+        if lin is None:  # an iterate lost positive definiteness
+            if st.low:
+                st.to_double = True
                 continue
             raise SolverFailedError("an iterate lost positive definiteness (numerical trouble)", "numerical")
-
-        def x_side():  # G X, G X Gᵀ (X side; on the worker thread at once with the Z side)
-            gx_ = [blk.apply(x) for blk, x in zip(blocks, X)]
-            return gx_, [blk.lifted(x, g) for blk, x, g in zip(blocks, X, gx_)]
-
-        def z_side():  # Z⁻¹, G Z⁻¹, G Z⁻¹ Gᵀ
-            zinv_ = [_inv_from_chol(lo) for lo in lz]
-            gzi_ = [blk.apply(zi) for blk, zi in zip(blocks, zinv_)]
-            return zinv_, gzi_, [blk.lifted(zi, g) for blk, zi, g in zip(blocks, zinv_, gzi_)]
-
-        (gx, u), (zinv, gzi, v) = in_parallel(x_side, z_side)
-        ax = sum(blk.adj_lifted(uu) for blk, uu in zip(blocks, u))
-        rp = c - ax
-        if n_l:
-            rp[nn] -= x_l
-        pobj = -sum(float(np.vdot(b.F0, x)) for b, x in zip(blocks, X))
-        dobj = float(c @ y)
-        gap = sum(float(np.vdot(x, z)) for x, z in zip(X, Z)) + float(x_l @ z_l)
-        mu = gap / nu
-        # truly relative (LipSDP optima of normalised nets can be ≪ 1): |c|ᵀ|y| guards against a zero optimum
-        denom = max(abs(pobj) + abs(dobj), 1e-12 * (1.0 + float(np.abs(c) @ np.abs(y))), 1e-300)
-        rel_gap = max(abs(dobj - pobj), gap) / denom
-        pinf = float(np.linalg.norm(rp)) / (1 + norm_c)
-        dinf = (np.sqrt(sum(float(np.vdot(r, r)) for r in rd if r is not None) + float(rd_l @ rd_l))) / (1 + norm_f0)
-        history.append((it, pobj, dobj, rel_gap, pinf, dinf, time.perf_counter() - t0))
+        ms = _measures(prob, st, lin)
+        history.append((it, ms.pobj, ms.dobj, ms.rel_gap, ms.pinf, ms.dinf, time.perf_counter() - t0))
         if verbose:
-            print(f"{it:3d} pobj {pobj:+.10e} dobj {dobj:+.10e} gap {rel_gap:.2e} pinf {pinf:.2e} dinf {dinf:.2e} "
-                  f"t {time.perf_counter() - t0:.2f}s")
-        score = max(rel_gap, pinf, dinf)
-        if low:
-            to_double = score < single_until  # (this iteration's step is still taken in float32)
-        if best is None or score < best[0]:
-            best = (score, y.copy(), [x.astype(np.float64) for x in X], it, pobj, dobj, rel_gap, pinf, dinf)
-        if not low and rel_gap <= tol and pinf <= tol and dinf <= tol:
-            last_status = "optimal"
+            print(f"{it:3d} pobj {ms.pobj:+.10e} dobj {ms.dobj:+.10e} gap {ms.rel_gap:.2e} pinf {ms.pinf:.2e} "
+                  f"dinf {ms.dinf:.2e} t {time.perf_counter() - t0:.2f}s")
+        if st.low:  # precision switch (this iteration's step is still taken in float32)
+            st.to_double = ms.score < single_until
+        if best is None or ms.score < best[0]:
+            best = (ms.score, st.y.copy(), [x.astype(np.float64) for x in st.X], it, ms)
+        status = _stopping(prob, st, ms, it, max_iters, tol)
+        if status is not None:
             break
-        if it == max_iters:
-            last_status = "max-iterations"
-            break
-        # infeasibility / divergence detection
-        xnorm = max(float(np.linalg.norm(x)) for x in X)
-        if not np.isfinite(dobj) or not np.isfinite(pobj):
-            last_status = "numerical"
-            break
-        if np.linalg.norm(y) > 1e12 * (1 + norm_c) or xnorm > 1e14:
-            last_status = "infeasible"
-            break
-
-        # ---- Schur complement
-        m = _schur_complement(blocks, u, v, n, gram_work)
-        if n_l:
-            m[nn, nn] += x_l / z_l
-        if np.any(free_unused):
-            m[free_unused, free_unused] += 1.0
         try:
-            solve_m = _SchurSolver(m, bandwidth).solve
+            solve_m = _schur_solver(prob, st, lin)
         except SolverFailedError:
-            last_status = "ill-conditioned"
+            status = "ill-conditioned"
             break
-
-        # the dual-residual part of W Z⁻¹ (W = σμI − X Rd − corr) and its 𝒜, shared by predictor and corrector
-        rd_wz = [None if r is None else -matmul(matmul(x, r), zi) for x, r, zi in zip(X, rd, zinv)]
-        rd_rhs = np.zeros(n)
-        for blk, wz in zip(blocks, rd_wz):
-            if wz is not None:
-                rd_rhs += blk.adj_rows(blk.G, blk.apply(wz))
-
-        def corrector_terms(dx, dz):
-            """The second-order terms ``corr = ΔX_p ΔZ_p`` of the predictor step (per block) and
-            ``𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]``."""
-            corr = [matmul(a, b) for a, b in zip(dx, dz)]
-            corr_rhs = np.zeros(n)
-            for k, blk in enumerate(blocks):
-                corr_rhs += blk.adj_rows(blk.apply(corr[k]), gzi[k])
-            return corr, corr_rhs
-
-        def direction(sig_mu, corr_x, corr_rhs, corr_l):
-            """Δ for target σμ with corrector terms (ΔX_p ΔZ_p, 𝒜(ΔX_p ΔZ_p Z⁻¹), Δx_p Δz_p) or None."""
-            rhs = rd_rhs - c  # W = σμI − X Rd − corr;  rhs += 𝒜(W Z⁻¹)
-            if corr_rhs is not None:
-                rhs -= corr_rhs
-            if sig_mu:
-                for k, blk in enumerate(blocks):
-                    rhs += sig_mu * blk.adj_lifted(v[k])
-            if n_l:
-                t = sig_mu / z_l - x_l * rd_l / z_l
-                if corr_l is not None:
-                    t -= corr_l / z_l
-                rhs[nn] += t
-            dy = solve_m(rhs)
-            dz, dx, dzys = [], [], []
-            for k, blk in enumerate(blocks):
-                q = blk.small(dy)
-                dzy = blk.op(dy, q)
-                dzys.append(dzy)
-                dzk = dzy if rd[k] is None else rd[k] + dzy
-                # ΔX = sym((σμI − X ΔZ − corr) Z⁻¹) − X  with  ΔZ = Rd + ΔZ_y:
-                #    = sym(−X Rd Z⁻¹ − (X ΔZ_y + corr) Z⁻¹) + σμZ⁻¹ − X
-                # only sym(·) of the product is used and sym(Kᵀ) = sym(K): form the transpose
-                # Z⁻¹ (ΔZ_y X + corrᵀ), whose factors are both C-contiguous (a split product)
-                dzx = blk.op_times(gx[k], q)  # ΔZ_y X = (X ΔZ_y)ᵀ
-                if corr_x is not None:
-                    dzx += corr_x[k].T
-                dxk = matmul(zinv[k], dzx)
-                np.negative(dxk, out=dxk)
-                if rd_wz[k] is not None:
-                    dxk += rd_wz[k]
-                dxk = 0.5 * (dxk + dxk.T) - X[k]
-                if sig_mu:
-                    dxk += sig_mu * zinv[k]
-                dz.append(dzk)
-                dx.append(dxk)
-            dzl = rd_l + dy[nn] if n_l else np.zeros(0)
-            dxl = (sig_mu - x_l * z_l - x_l * dzl - (corr_l if corr_l is not None else 0.0)) / z_l if n_l else np.zeros(0)
-            return dy, dx, dz, dxl, dzl, dzys
-
-        inverses = {}  # inverse factors of this iteration's X and Z (batched step lengths)
-
-        def steps(dx, dz, dxl, dzl, tol):
-            """Step lengths of X (blocks 0..B-1 of one Lanczos call) and Z (blocks B..2B-1)."""
-            both = _steps_psd(lx + lz, dx + dz, inverses, ritz, tol)
-            ap = min(both[:len(blocks)] + [_step_lp(x_l, dxl)])
-            ad = min(both[len(blocks):] + [_step_lp(z_l, dzl)])
-            return ap, ad
-
+        newton = _Newton(prob, st, lin, solve_m)
         try:
-            dy, dx, dz, dxl, dzl, _ = direction(0.0, None, None, None)
-            # independent, so computed at once: the predictor's step lengths (Lanczos, mostly
-            # Python-level work) and the corrector's second-order terms (dense products)
-            (ap, ad), (corr_x, corr_rhs) = in_parallel(lambda: steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL),
-                                                       lambda: corrector_terms(dx, dz))
-            ap1, ad1 = min(1.0, ap), min(1.0, ad)
-            gap_aff = sum(float(np.vdot(x + ap1 * a, z + ad1 * b)) for x, a, z, b in zip(X, dx, Z, dz))
-            if n_l:
-                gap_aff += float((x_l + ap1 * dxl) @ (z_l + ad1 * dzl))
-            expon = max(1.0, 3 * min(ap1, ad1) ** 2)
-            sigma = min(1.0, max(0.0, gap_aff / gap)) ** expon
-            corr_l = dxl * dzl if n_l else None
-            dy, dx, dz, dxl, dzl, dzys = direction(sigma * mu, corr_x, corr_rhs, corr_l)
-            ap, ad = steps(dx, dz, dxl, dzl, _LANCZOS_TOL)
+            *direction, sigma, ap, ad = newton.predictor_corrector(ms)
         except (la.LinAlgError, ValueError) as exc:
-            if low:
-                to_double = True
+            if st.low:
+                st.to_double = True
                 continue
-            last_status = "numerical"
+            status = "numerical"
             if verbose:
                 print("numerical failure:", exc)
             break
-        gamma = 0.9 + 0.09 * min(min(ap, 1.0), min(ad, 1.0))
-        ap = min(1.0, gamma * ap)
-        ad = min(1.0, gamma * ad)
-        if verbose:
-            print(f"    sigma {sigma:.2e}  step primal {ap:.3f} dual {ad:.3f}")
-        # take the step; back off if a factorisation fails
-        (newx, lx, ap), (newz, lz, ad) = in_parallel(lambda: _factorable_step(X, dx, ap),
-                                                     lambda: _factorable_step(Z, dz, ad))
-        if any(l is None for l in lx) or any(l is None for l in lz):
-            if low:  # the iterate is unchanged: go on in float64 from it
-                to_double = True
-                continue
-            last_status = "numerical"
+        status = _take_step(st, direction, sigma, ap, ad, verbose)
+        if status == "retry":
+            status = None
+            continue
+        if status is not None:
             break
-        if max(ap, ad) < 1e-8:
-            stall += 5
-        elif min(ap, ad) < 1e-3:
-            stall += 1
-        else:
-            stall = 0
-        if stall >= 10 and low:
-            to_double, stall = True, 0  # collapsed steps in float32: go on in float64
-        elif stall >= 10:
-            last_status = "stalled"
-            break
-        X = newx
-        y = y + ad * dy
-        fy = [f + ad * g for f, g in zip(fy, dzys)]
-        # once dual feasible, Z was F(y) and both moved by α_d ΔZ_y: newz equals fy entry by entry
-        Z = fy if dual_feasible else newz
-        if ad == 1.0 and not dual_feasible:
-            # after a full dual step the dual residual is only rounding: Z = F(y) from now on
-            dual_feasible = True
-            Z = fy
-            lz = None
-        if n_l:
-            x_l = x_l + ap * dxl
-            z_l = z_l + ad * dzl
 
-    score, yb, xb, itb, pobj, dobj, rel_gap, pinf, dinf = best
-    if last_status != "optimal":
-        if score <= accept_tol:
-            last_status = "optimal"
-        else:
-            what = {
-                "max-iterations": f"did not converge in {max_iters} iterations",
-                "stalled": "stalled (step lengths collapsed)",
-                "ill-conditioned": "the Schur complement became too ill-conditioned",
-                "infeasible": "the iterates diverged: the SDP looks primal or dual infeasible",
-                "numerical": "numerical trouble (lost positive definiteness)",
-            }.get(last_status, str(last_status))
-            raise SolverFailedError(
-                f"ipm {what}; best iterate: rel. gap {rel_gap:.2e}, primal inf. {pinf:.2e}, dual inf. {dinf:.2e}",
-                last_status,
-            )
-    yb[implied] = np.maximum(yb[implied], 0.0)  # > 0 at any interior iterate; guards against rounding
-    return IPMResult(yb, xb, last_status, itb, pobj, dobj, rel_gap, pinf, dinf, history)
+    score, yb, xb, itb, ms = best
+    if status != "optimal":
+        if score > accept_tol:
+            what = _FAILURES.get(status, str(status)).format(max_iters=max_iters)
+            raise SolverFailedError(f"ipm {what}; best iterate: rel. gap {ms.rel_gap:.2e}, primal inf. "
+                                    f"{ms.pinf:.2e}, dual inf. {ms.dinf:.2e}", status)
+        status = "optimal"
+    yb[prob.implied] = np.maximum(yb[prob.implied], 0.0)  # > 0 at any interior iterate; guards against rounding
+    return IPMResult(yb, xb, status, itb, ms.pobj, ms.dobj, ms.rel_gap, ms.pinf, ms.dinf, history)
 
 
 # ----------------------------------------------------------------------------- registry hook
 def solve_with_ipm(sdp: SDP, tol: float = 1e-7, accept_tol: float = 1e-7, max_iters: int = 80,
-                   verbose: bool = False, **unknown):
-    """The ``"ipm"`` back end: :func:`ipm_solve` wrapped as a :class:`~lipsdp.solvers.SolveResult`.
+                   verbose: bool = False, heap_reuse: bool = False, **unknown):
+    """The ``"ipm"`` back end: :func:`ipm_solve` wrapped as a :class:`~lipsdp.solver_registry.SolveResult`.
 
     Any other keyword option raises :class:`~lipsdp.errors.InvalidOptionError` (a misspelt
     tolerance must not be ignored silently).
 
+    ``heap_reuse=True`` raises glibc's mmap and trim thresholds for the duration of the
+    solve (:class:`lipsdp.runtime.heap_reuse`), so the iteration's large temporaries are
+    served from the heap instead of fresh pages.  It is off by default because glibc has
+    no call that reads the thresholds back: on exit they are set to glibc's initial
+    values, and glibc's own adaptive threshold stays off for the rest of the process.
+    BLAS threads are limited for the solve and restored on exit (:class:`lipsdp.runtime.blas_threads`).
+
     ``tol = 1e-7`` (relative gap, measured against |primal| + |dual| objective, and
     relative infeasibilities).  The bound comes from the dual iterate ``y``, which
-    converges well ahead of the gap: on 11 random ReLU chains (the 110, 264 and 544
-    bench nets among them) stopping at 1e-7 instead of 1e-8 moved ``cᵀy`` by at most
-    4e-9 relative and saved one iteration on 9 of them.  The answer is certified and
+    converges well ahead of the gap, so a tighter tolerance would cost iterations
+    without moving ``cᵀy`` (bench/NOTES.md).  The answer is certified and
     repaired in float64 afterwards either way, so the tolerance only decides how close
     to the optimum the certified bound lies, never whether it is one.
     """
     from .decompose import split_decoupled_blocks
-    from .solvers import SolveResult, unknown_options_message
+    from .solver_registry import SolveResult, unknown_options_message
 
     if unknown:
         raise InvalidOptionError(unknown_options_message(unknown, "solver 'ipm'",
-                                                         ("tol", "accept_tol", "max_iters", "verbose")))
+                                                         ("tol", "accept_tol", "max_iters", "verbose",
+                                                          "heap_reuse")))
     start = time.perf_counter()
     sdp = split_decoupled_blocks(sdp)  # exact: decoupled sub-blocks (MaxMin/GroupSort chains) become blocks
     threads = threads_for_size(max(b.dim for b in sdp.blocks))
     two_threads = threads == 1 and worth_a_second_thread(b.dim for b in sdp.blocks)
-    with blas_threads(threads), split_products(two_threads), heap_reuse():
+    with blas_threads(threads), split_products(two_threads), glibc_heap_reuse(enabled=heap_reuse):
         res = ipm_solve(sdp, tol=tol, accept_tol=accept_tol, max_iters=max_iters, verbose=verbose)
     elapsed = time.perf_counter() - start
     return SolveResult(res.y, "optimal", float(sdp.objective @ res.y), "ipm", elapsed,
@@ -1227,7 +1390,7 @@ def _applies(sdp: SDP) -> bool:
 
 
 def register() -> None:
-    from .solvers import SolverSpec, register_solver
+    from .solver_registry import SolverSpec, register_solver
 
     # beyond AUTOMATIC_MAX_SIZE an iteration's dense d×d products take minutes: the automatic choice
     # hands one-block chains to the first-order solver there (explicit solver="ipm" still runs)

@@ -1,4 +1,4 @@
-"""ℓ∞ Lipschitz bounds per output row (MATH §6; GeoLIP, Wang et al. 2022; Pauli et al. 2024).
+"""ℓ∞ Lipschitz bounds per output row (docs/formulations.md §6; GeoLIP, Wang et al. 2022; Pauli et al. 2024).
 
 For a scalar output ``cᵀy`` (``c`` a unit vector picking one output row, or
 ``e_i − e_j`` for a row difference) we look for ρ with
@@ -16,18 +16,19 @@ Proof: evaluate ``[z; t]ᵀ F [z; t] ≥ 0`` at the true increments with
 ``t = r = ‖Δx₀‖∞``; every QC term is ≥ 0 and ``Σ τ_i (r² − Δx_{0,i}²) ≥ 0``, so
 ``2 r cᵀΔy ≤ 2ρ r²``; the sign of ``c`` is immaterial (``z → −z``).  For a
 feed-forward chain with ``S = P = 0`` the Schur complement of the last
-activation block gives the ``[[T_{l−1}, W_lᵀc], [·, 2ρ − 1ᵀτ]] ⪰ 0`` of MATH §6;
+activation block gives the ``[[T_{l−1}, W_lᵀc], [·, 2ρ − 1ᵀτ]] ⪰ 0`` of docs/formulations.md §6;
 with no hidden layer the optimum is ``τ_i = |(Wᵀc)_i|`` and ``ρ = ‖Wᵀc‖₁``.
 
 The bound is linear in ρ (``bound = identity``) and ρ's coefficient ``2 e_t e_tᵀ``
-is PSD, so :func:`lipsdp.certify.certify` and every solver apply unchanged.
+is PSD, so :func:`lipsdp.certificate.certify` and every solver apply unchanged.
 
 The reported ℓ∞ → ℓ∞ bound of a vector output is the **maximum over the
 rows** (``‖Δy‖∞ = max_i |e_iᵀΔy|``); ``output_row=i`` bounds one row,
 ``rows=(i, j)`` the difference of rows ``i`` and ``j`` (the margin of a
-classifier).  No SVD reduction is used (the input coordinates matter for ℓ∞);
-feed-forward chains are solved with per-layer normalised weights and the
-multipliers are mapped back exactly (see :func:`_normalised_multipliers`).
+classifier).  Each functional goes through the one pipeline of every method,
+:func:`lipsdp.bound_methods.solve_and_certify` (power-of-two rescaling, normalisation of a
+chain, solve, exact lift of the multipliers back, float64 certificate and repair);
+no SVD reduction is used (the input coordinates matter for ℓ∞).
 """
 
 from __future__ import annotations
@@ -38,14 +39,11 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .certify import certify
-from .errors import CertificationError, InvalidOptionError, NotApplicableError, ShapeMismatchError
+from .bound import LipschitzBound
+from .errors import InvalidOptionError, NotApplicableError, ShapeMismatchError
 from .graph import SignalGraph, build_graph
 from .network import Network
 from .sdp import SDP, LMIBlock, QuadTerm, selector
-
-#: relative margin of the re-solve used when a degenerate optimum cannot be certified
-MARGIN_RETRY = 1e-8
 
 
 def _identity_bound(rho: float) -> float:
@@ -106,19 +104,6 @@ def linf_sdp(graph: SignalGraph, c: np.ndarray, granularity: str = "neuron") -> 
                {"formulation": f"lipsdp-{granularity}-linf", "norm": np.inf})
 
 
-def _normalised_multipliers(y_hat: np.ndarray, var_layer: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Multipliers of the normalised chain (``Ŵ_k = W_k / c_k``) → those of the original chain.
-
-    With ``s_k = Π_{j≤k} c_j`` and ``P = Π_j c_j``, the congruence ``z_k = s_k ẑ_k``
-    (``t`` unchanged) turns the original LMI into the normalised one with the
-    output scaled by ``P``; the LMI is jointly homogeneous in (multipliers,
-    output), hence ``ρ = P ρ̂``, ``τ = P τ̂`` and ``μ_k = P μ̂_k / s_k²``.
-    """
-    prod = float(np.prod(factors))
-    s = np.concatenate([[1.0], np.cumprod(factors)])  # s[k] for group k (s[0] for ρ, τ)
-    return y_hat * prod / s[var_layer] ** 2
-
-
 def _is_index(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -162,7 +147,7 @@ def _functionals(p: int, output_row, rows) -> list[tuple[str, np.ndarray]]:
 
 def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp-neuron", *, solver=None,
                 reduce: bool = True, output_row: int | None = None, rows: Sequence[int] | None = None,
-                **options):
+                **options) -> LipschitzBound:
     """Certified ℓ∞ bound(s) of ``net`` (see the module docstring).
 
     Parameters
@@ -189,66 +174,33 @@ def lipsdp_linf(net: Network, granularity: str = "neuron", method: str = "lipsdp
         ``value`` = max over the requested functionals; ``details["per_row"]``
         maps each functional (``"i"`` or ``"i-j"``) to its certified bound.
     """
-    from .methods import LipschitzBound, as_float, power_of_two_rescaling
-    from .scaled import shifted
-    from .solvers import solve
+    from .bound_methods import combined_status, solve_and_certify
     from .wellposed import check_network_well_posed
 
     start = time.perf_counter()
     check_network_well_posed(net)
     functionals = _functionals(net.output_dim, output_row, rows)
-    original = net
-    # weights rescaled by exact powers of two (bound(net) = 2^exponent · bound(copy)), so ρ neither under- nor overflows
-    net, exponent = power_of_two_rescaling(net)
-    graph = build_graph(net)
-    normalise = reduce and net.is_feedforward
-    if normalise:
-        factors = np.array([np.linalg.norm(w, 2) for w in net.weights])
-        if np.any(factors == 0):
-            return LipschitzBound(0.0, 0.0, method, "none", "closed-form", time.perf_counter() - start, 0.0, np.inf,
-                                  {"per_row": {name: 0.0 for name, _ in functionals}})
-        work_graph = build_graph(net.scaled(1.0 / factors))
-    else:
-        factors, work_graph = None, graph
-    per_row, raw_row = {}, {}
-    margins, solver_names, solve_time, retries = [], set(), 0.0, 0
+    output = build_graph(net).output
+    bounds = {}
     for name, c in functionals:
-        if not np.any(graph.output.T @ c):
-            per_row[name] = raw_row[name] = 0.0
+        if not np.any(output.T @ c):  # the functional ignores the network: its constant is 0
             continue
-        sdp_orig = linf_sdp(graph, c, granularity)
-        sdp_work = linf_sdp(work_graph, c, granularity) if normalise else sdp_orig
 
-        def attempt(program):
-            result = solve(program, solver, **options)
-            y = result.y
-            raw = float(y[program.rho])
-            if normalise:
-                y = _normalised_multipliers(y, program.var_layer, factors)
-                raw *= float(np.prod(factors))
-            return y, raw, result
+        def build(network: Network, reduce: bool = False, c=c) -> SDP:
+            return linf_sdp(build_graph(network), c, granularity)  # no SVD reduction in ℓ∞
 
-        y, raw, result = attempt(sdp_work)
-        solve_time += result.solve_time
-        try:
-            cert = certify(sdp_orig, y)
-        except CertificationError:
-            eps = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_work.blocks[0].constant))))
-            y, raw, result = attempt(sdp_work.with_margin(eps))
-            solve_time += result.solve_time
-            retries += 1
-            cert = certify(sdp_orig, y)
-        what = f"the certified ℓ∞ bound of output {name}"
-        per_row[name] = as_float(shifted(cert.value, exponent), what, original.layers)
-        raw_row[name] = float(np.ldexp(raw, exponent))
-        margins.append(cert.margin)
-        solver_names.add(result.solver)
+        bounds[name] = solve_and_certify(net, f"{method} (ℓ∞, output {name})", build, build, solver=solver,
+                                         reduce=reduce, norm=np.inf, **options)
+    per_row = {name: bounds[name].value if name in bounds else 0.0 for name, _ in functionals}
     best = max(per_row, key=per_row.get)
     return LipschitzBound(
-        per_row[best], raw_row[best], method, "+".join(sorted(solver_names)) or "none",
-        "optimal" if solver_names else "closed-form", time.perf_counter() - start,
-        min(margins) if margins else float("nan"), np.inf,
-        {"per_row": per_row, "argmax_row": best, "solver_time": solve_time, "margin_retries": retries},
+        value=per_row[best], raw_value=bounds[best].raw_value if best in bounds else 0.0, method=method,
+        solver="+".join(sorted({b.solver for b in bounds.values()} - {"none"})) or "none",
+        status=combined_status(b.status for b in bounds.values()), solve_time=time.perf_counter() - start,
+        certificate_margin=min((b.certificate_margin for b in bounds.values()), default=float("nan")), norm=np.inf,
+        details={"per_row": per_row, "argmax_row": best,
+                 "solver_time": sum(b.details.get("solver_time", 0.0) for b in bounds.values()),
+                 "margin_retries": sum(bool(b.details.get("margin_retry")) for b in bounds.values())},
     )
 
 

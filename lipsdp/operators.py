@@ -25,7 +25,7 @@ Certified means: every floating-point rounding is covered by a stated margin
 (the standard model ``fl(a ∘ b) = (a ∘ b)(1 + δ)``, ``|δ| ≤ u``, plus an
 absolute ``η/2`` per multiplication for gradual underflow; Higham, *Accuracy
 and Stability of Numerical Algorithms*, 2nd ed., §3.1–3.5), as in
-:func:`lipsdp.certify.spectral_norm_bound`.
+:func:`lipsdp.certificate.spectral_norm_bound`.
 
 torch is imported inside the functions that need it: this module imports without it.
 """
@@ -114,7 +114,7 @@ def frobenius_bound(matrix: np.ndarray) -> float:
 
 
 def _dense_spectral_bound(matrix: np.ndarray) -> Scaled:
-    from .certify import spectral_norm_bound
+    from .certificate import spectral_norm_bound
 
     return normalized(spectral_norm_bound(matrix))
 
@@ -953,7 +953,7 @@ class ComposedOperator(LinearOperator):
         ``P`` is bounded by the same computation on the ``_abs`` parts, whose
         float values are non-negative: ``P ≤ (P̃ + U)/(1 − γ_N)``.  Then
         ``‖A‖₂ ≤ ‖W̃‖₂ + γ_N ‖P‖_F + √(mn) U`` with ``‖W̃‖₂`` from
-        :func:`lipsdp.certify.spectral_norm_bound`, and
+        :func:`lipsdp.certificate.spectral_norm_bound`, and
         ``‖A‖_∞ ≤ ‖W̃‖_∞ + γ_N ‖P‖_∞ + n U``.  The few float operations on these
         scalars (relative error below ``30 u``) are covered by a factor 1.01.
         """

@@ -19,7 +19,7 @@ is the exact constant of the layer alone; for non-overlapping windows
 product of the per-axis counts.
 
 LipSDP has no quadratic constraint for it here: the SDP methods bound the
-pieces between max pools and multiply by ``√m`` (:func:`lipsdp.methods.split_at_pooling`).
+pieces between max pools and multiply by ``√m`` (:func:`lipsdp.bound_methods.split_at_pooling`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""LipSDP-RR: the baseline that rewrites MaxMin as a residual ReLU network (MATH §5).
+"""LipSDP-RR: the baseline that rewrites MaxMin as a residual ReLU network (docs/formulations.md §5).
 
 Per pair ``(a, b)`` of pre-activations, with two ReLUs on ``W̃ (a, b) = (b − a, a − b)``,
 
     max(a, b) = b + ReLU(a − b),      min(a, b) = b − ReLU(b − a),
 
-i.e. ``MaxMin(v) = H v + G ReLU(W̃ v)`` (for the ``(min, max)`` order of MATH §5:
+i.e. ``MaxMin(v) = H v + G ReLU(W̃ v)`` (for the ``(min, max)`` order of docs/formulations.md §5:
 ``W̃ = [[−1, 1], [1, −1]]``, ``G = diag(−1, 1)``, ``H = [[0, 1], [0, 1]]``; the
 rows of ``G``, ``H`` follow the rule's output order).  In lipsdp layers:
 ``Affine([I; H])``, ``Residual([Affine([W̃, 0]), ReLU, Affine([0; G])])``,
@@ -15,13 +15,15 @@ the truth (and the GroupSort QC) gives 1.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .activation_registry import rule_from_spec
 from . import activations as act
 from .errors import NotApplicableError
 from .group_activations import GroupSort
-from .methods import LIPSDP_OPTIONS, _lipsdp, register_method
+from .bound_methods import LIPSDP_OPTIONS, register_method, run_lipsdp
 from .network import ActivationLayer, Affine, Implicit, Network, Residual
 
 
@@ -93,7 +95,6 @@ def residual_relu_network(net: Network) -> Network:
 @register_method("lipsdp-rr", "baseline: MaxMin rewritten as residual ReLU, then LipSDP-Neuron (Pauli et al. 2024)",
                  norms=(2, np.inf), options=LIPSDP_OPTIONS, multipliers="neuron")
 def _lipsdp_rr(net: Network, *, norm=2, solver=None, reduce=True, **options):
-    bound = _lipsdp(residual_relu_network(net), "neuron", "lipsdp-rr", norm=norm, solver=solver, reduce=reduce,
-                    **options)
-    bound.method = "lipsdp-rr"
-    return bound
+    bound = run_lipsdp(residual_relu_network(net), "neuron", "lipsdp-rr", norm=norm, solver=solver, reduce=reduce,
+                       **options)
+    return replace(bound, method="lipsdp-rr")  # also for split=k, whose composed label would differ

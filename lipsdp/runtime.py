@@ -2,8 +2,12 @@
 products and heap reuse, :func:`in_parallel` for two independent chains of kernels, and two
 kernels that write into memory the caller keeps (:func:`transpose_copy`, :func:`sparse_times_dense`).
 
-The three settings are context managers that restore what they change and do
-nothing where the platform does not support them.
+The three settings are context managers that do nothing where the platform does not
+support them.  :class:`blas_threads` limits the BLAS thread pool for the call and sets every
+library's previous count back on exit (threadpoolctl reads them first), exceptions and
+nesting included; :class:`split_products` only changes a counter of this module (its worker
+thread is started on first use and kept); :class:`heap_reuse` changes glibc's malloc
+thresholds, which cannot be read back, so it is opt-in (the ipm's ``heap_reuse`` option).
 """
 
 from __future__ import annotations
@@ -39,9 +43,7 @@ _heap_depth = 0  # nesting depth of heap_reuse (only the outermost context chang
 SPLIT_MIN_FLOPS = 1e7
 # a solve uses the second thread (split_products, in_parallel) only when its blocks hold at least this
 # much dense work, Σ d³ over blocks: below it, handing work to the other thread and waking it costs
-# more than the halves save (measured here with one-thread and two-thread solves alternating in one
-# process, medians of 30: LMI 110 44 vs 61 ms, 160 89 vs 115 ms, a 10-16³-4 MaxMin chain 51 vs 75 ms;
-# even at 240–264; 544 1.01 s with two threads vs 1.19 s with one)
+# more than the halves save (bench/NOTES.md)
 PARALLEL_MIN_WORK = 256 ** 3
 _split_depth = 0  # nesting depth of split_products (0: products run as plain np.matmul)
 _pair_active = False  # both threads are busy with one side each of in_parallel: products run unsplit
@@ -71,13 +73,18 @@ def _blas_controller():
 
 
 class blas_threads:
-    """Limit BLAS threads to ``n`` (see :func:`threads_for_size`); ``n = None`` leaves them as they are."""
+    """Limit BLAS threads to ``n`` (see :func:`threads_for_size`) inside the context.
+
+    On exit every library's count is set back to what threadpoolctl read on entry
+    (also when the body raises; nested contexts restore in turn).  ``n = None``, or the
+    environment variable ``LIPSDP_KEEP_BLAS_THREADS=1``, leaves them as they are.
+    """
 
     def __init__(self, n: int | None):
         self.n, self.ctl = n, None
 
     def __enter__(self):
-        if self.n is not None:
+        if self.n is not None and os.environ.get("LIPSDP_KEEP_BLAS_THREADS", "0") != "1":
             try:
                 self.ctl = _blas_controller().limit(limits=self.n)
             except Exception:  # no BLAS threadpoolctl knows: run as is
@@ -102,11 +109,10 @@ class split_products:
     """Inside this context :func:`matmul` computes large products as two row halves in parallel.
 
     Meant around single-threaded BLAS (:class:`blas_threads` with ``n = 1``):
-    multi-threaded OpenBLAS is slow for the matrices of a few hundred rows an
-    interior-point iteration works with (measured here on 2 cores: a 264 × 264
-    Cholesky factorisation 0.22 ms on one thread, 0.39 ms on two), while two
-    single-threaded halves of a product on two Python threads take 0.39 ms
-    instead of 0.66 ms (numpy's ``matmul`` releases the GIL).  ``enabled`` False,
+    multi-threaded OpenBLAS is slower than one thread for the matrices of a few
+    hundred rows an interior-point iteration works with, while two single-threaded
+    halves of a product on two Python threads are faster than one (numpy's
+    ``matmul`` releases the GIL; bench/NOTES.md).  ``enabled`` False,
     or a single available core, leaves products as they are.  Nested contexts
     count; the worker thread is started on first use and kept (a forked child
     starts its own: the parent's thread does not exist there).
@@ -177,8 +183,7 @@ def in_parallel(first, second) -> tuple:
     of BLAS, LAPACK and scipy.sparse calls on matrices of a few hundred rows, which
     run single-threaded and release the GIL, so two chains at once use both cores
     where splitting each product would pay thread hand-offs on small products
-    (measured here at d = 264: the two lift chains of one iteration 2.35 ms one
-    after the other, 1.7 ms at once).  Products inside either side run unsplit.
+    (bench/NOTES.md).  Products inside either side run unsplit.
     Outside :class:`split_products`, or when already inside ``in_parallel``, the
     two run one after the other on this thread.  An exception of either side is
     raised after both have finished.
@@ -203,8 +208,7 @@ def transpose_copy(a: np.ndarray, tile: int = 256, out: np.ndarray | None = None
     """``a.T`` as a C-contiguous array (new, or written into ``out``), copied tile by tile.
 
     ``np.ascontiguousarray(a.T)`` walks one side of a large array with a stride
-    of a whole row; tiles of ``tile × tile`` stay in cache (measured here: a
-    4000 × 4000 transpose 0.10 s plain, 0.025 s tiled; 464 × 464: 0.5 ms vs 0.1 ms).
+    of a whole row; tiles of ``tile × tile`` stay in cache (bench/NOTES.md).
     """
     m, n = a.shape
     if out is None:
@@ -223,9 +227,8 @@ def sparse_times_dense(w: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> np.n
 
     scipy's operator returns a new array each time.  An interior-point iteration
     forms a few such products of a fixed shape, and on a virtual machine the
-    fresh pages of a new array cost more than the product (about 0.7 ms per MB
-    measured here, against 0.17 ms for a 464 × 464 product with two non-zeros
-    per row).  With ``out`` kept by the caller the memory is touched once.  This
+    fresh pages of a new array can cost more than the product (bench/NOTES.md).
+    With ``out`` kept by the caller the memory is touched once.  This
     calls scipy's own CSR kernel (``csr_matvecs``, which adds ``w @ x`` into its
     output) when the index and value types all agree; otherwise, or if a scipy
     release no longer has that kernel, it computes ``w @ x`` and copies it in.
@@ -238,12 +241,6 @@ def sparse_times_dense(w: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> np.n
     else:
         out[...] = w @ x
     return out
-
-
-def _glibc():
-    if os.environ.get("LIPSDP_HEAP_REUSE", "1") == "0":
-        return None
-    return _load_glibc()
 
 
 @functools.cache
@@ -262,40 +259,45 @@ def _load_glibc():
 
 
 class heap_reuse:
-    """Serve large temporary arrays from the heap instead of fresh ``mmap`` pages.
+    """Opt-in: serve large temporary arrays from the heap instead of fresh ``mmap`` pages.
 
-    An interior-point iteration creates and frees dozens of d × d temporaries.
-    glibc hands every allocation above its mmap threshold (128 KiB at first,
-    adapted later) out as freshly mapped pages and gives them back on free, so
-    each temporary pays one page fault per 4 KiB page: on a virtual machine this
-    costs as much as the arithmetic (measured here: a 464 × 464 sparse-times-dense
-    product 2.6 ms with fresh pages, 0.5 ms with reused ones).  Inside this
-    context the mmap and trim thresholds are raised so freed blocks are reused;
-    on exit they are set back to glibc's initial 128 KiB and the heap is trimmed,
-    so the memory goes back to the system.  (glibc's dynamic adaptation of the
-    thresholds stays off after a ``mallopt`` call.)  Nested contexts leave the
-    settings to the outermost one; not meant for concurrent threads.  Elsewhere
-    than glibc, or with the environment variable ``LIPSDP_HEAP_REUSE=0``, it does
-    nothing.
+    glibc hands an allocation above its mmap threshold out as freshly mapped
+    pages and unmaps them on free, so a loop that creates and frees large
+    temporaries pays a page fault per 4 KiB page.  Inside this context the mmap
+    and trim thresholds are raised to ``limit`` so freed blocks are reused; on
+    exit they are set to glibc's initial 128 KiB and the heap is trimmed.
+
+    This is process-wide state that cannot be restored exactly: glibc has no
+    call that reads the thresholds, and any ``mallopt`` of them turns glibc's
+    adaptive threshold off for the rest of the process.  So lipsdp never enters
+    it on its own: only the ipm back end's ``heap_reuse=True`` option does
+    (``enabled`` False, a platform without glibc, or a nested context change
+    nothing).  Not meant for concurrent threads.
     """
 
-    def __init__(self, limit: int = 1 << 30):
-        self.limit = limit
+    def __init__(self, limit: int = 1 << 30, enabled: bool = True):
+        self.limit, self.enabled = limit, bool(enabled)
         self.libc = None
+        self.entered = False
 
     def __enter__(self):
         global _heap_depth
+        if not self.enabled:
+            return self
         if _heap_depth == 0:
-            libc = _glibc()
-            if libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, self.limit) \
-                    and libc.mallopt(_M_TRIM_THRESHOLD, self.limit):
-                self.libc = libc
+            self.libc = _load_glibc()  # set back on exit even if one of the two calls was refused
+            if self.libc is not None:
+                self.libc.mallopt(_M_MMAP_THRESHOLD, self.limit)
+                self.libc.mallopt(_M_TRIM_THRESHOLD, self.limit)
         _heap_depth += 1
+        self.entered = True
         return self
 
     def __exit__(self, *exc):
         global _heap_depth
-        _heap_depth -= 1
+        if self.entered:
+            _heap_depth -= 1
+            self.entered = False
         if self.libc is not None:
             self.libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
             self.libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)

@@ -3,7 +3,7 @@
 A deep network's product of layer norms may leave float64's range although every factor is in
 it; kept as pairs, products neither overflow nor underflow, and each product is rounded up so the
 pair stays an upper bound of the exact product.  Shared by the naive bound
-(:mod:`lipsdp.methods`) and the structured operators' norm bounds (:mod:`lipsdp.operators`).
+(:mod:`lipsdp.bound_methods`) and the structured operators' norm bounds (:mod:`lipsdp.operators`).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class QuadTerm:
         ``P_Cᵀ (Q P_C)`` with BLAS; a sparse one (a selector) through sparse
         products.  Either way each entry is a sum of the same products
         ``G[a, i] Q[a, b] G[b, j]`` in some order, so the entrywise rounding bound
-        ``γ_k |G|ᵀ|Q||G|`` used by :mod:`lipsdp.certify` holds as before.
+        ``γ_k |G|ᵀ|Q||G|`` used by :mod:`lipsdp.certificate` holds as before.
         """
         if not np.any(y[self.variables]):
             return

@@ -109,6 +109,14 @@ class Flattened:
     name: str
 
 
+@dataclass(frozen=True, eq=False)
+class Unflattened:
+    """Marks ``nn.Unflatten(1, shape)``: the flat vector is read as a feature map of ``shape`` (the same numbers)."""
+
+    shape: tuple
+    name: str
+
+
 #: notes of the conversion in progress (None outside :func:`network_from_torch`)
 _NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("lipsdp_torch_io_notes", default=None)
 
@@ -331,6 +339,13 @@ def resolve_placeholders(layers: list, shape: tuple | None = None) -> tuple[list
         if isinstance(layer, Flattened):
             shape = None if shape is None else (int(np.prod(shape)),)
             continue
+        if isinstance(layer, Unflattened):
+            if shape is not None and int(np.prod(shape)) != int(np.prod(layer.shape)):
+                raise ShapeMismatchError(f"layer {layer.name!r} unflattens {int(np.prod(layer.shape))} numbers into "
+                                         f"{layer.shape}, but its input of shape {tuple(shape)} has "
+                                         f"{int(np.prod(shape))}")
+            shape = tuple(layer.shape)
+            continue
         if isinstance(layer, (WidthDependent, ShapeDependent)):
             if shape is None:
                 if isinstance(layer, ShapeDependent):
@@ -545,10 +560,19 @@ def _flatten(module: Any, path: str) -> list:
     return [Flattened(path)]
 
 
+def _unflatten(module: Any, path: str) -> list:
+    a = _attributes(module, ("dim", "unflattened_size"))
+    if a["dim"] != 1:
+        raise Unsupported(f"dim={a['dim']}: only nn.Unflatten(1, shape), which reads each sample's flat vector as a "
+                          "feature map, is supported")
+    return [Unflattened(tuple(int(v) for v in a["unflattened_size"]), path)]
+
+
 def _register_builtins() -> None:
     register_torch_converter("torch.nn.modules.linear.Linear", _linear)
     register_torch_converter("torch.nn.modules.linear.Identity", _skip)
     register_torch_converter("torch.nn.modules.flatten.Flatten", _flatten)
+    register_torch_converter("torch.nn.modules.flatten.Unflatten", _unflatten)
     for name in ("Conv1d", "Conv2d"):
         register_torch_converter(f"torch.nn.modules.conv.{name}", _conv)
     for name in ("AvgPool1d", "AvgPool2d"):

@@ -1,4 +1,4 @@
-"""Well-posedness of implicit (equilibrium) layers ``z = φ(W z + U x + b)`` (MATH §7).
+"""Well-posedness of implicit (equilibrium) layers ``z = φ(W z + U x + b)`` (docs/formulations.md §7).
 
 An equilibrium layer only defines a function when, for every input, the
 equation has exactly one solution.  Sufficient conditions, checked with a small
@@ -10,7 +10,7 @@ SDP in the multiplier of the activation and re-verified in float64 (Cholesky):
   diagonal ``Λ ≻ 0`` has ``2Λ − ΛWB − BWᵀΛ ≻ 0`` (for ReLU/tanh: the classical
   ``2Λ − ΛW − WᵀΛ ≻ 0``);
 * group activations (GroupSort, MaxMin, Householder: 1-Lipschitz and
-  ``ΠΔφ = ΠΔv`` per group, MATH §5): with ``T = blkdiag(λ_j I + γ_j Π_j) ≻ 0``,
+  ``ΠΔφ = ΠΔv`` per group, docs/formulations.md §5): with ``T = blkdiag(λ_j I + γ_j Π_j) ≻ 0``,
   ``‖Δφ‖_T ≤ ‖Δv‖_T``, so ``T − WᵀTW ≻ 0`` makes ``z ↦ φ(Wz + u)`` a contraction
   in the ``T``-norm (Banach: exactly one equilibrium);
 * any other elementwise activation with Lipschitz constant ``ℓ``: diagonal
@@ -23,6 +23,12 @@ from it the iteration that evaluates the layer, so a layer certified here
 always evaluates.  If no multiplier exists the layer is rejected with
 :class:`IllPosedError`.  Results are cached by the layer's content (W and the
 activation data the condition uses), failures included.
+
+This check is not a bound, so it does not go through
+:func:`lipsdp.bound_methods.solve_and_certify`: its answer is a strictly feasible
+multiplier (positive definite with a float64-verified margin, plus a contraction
+rate the evaluation uses), which raising ρ cannot repair.  The Lipschitz bound of
+a network with implicit layers does go through that pipeline (docs/formulations.md §7).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ r"""Building blocks of 1-Lipschitz image classifiers, each with a plain export t
 Each block has ``lipschitz_bound()`` and ``to_plain(dtype=None) -> nn.Sequential`` of
 modules ``lipsdp.Network.from_torch(..., input_shape=(C, H, W))`` reads; lipsdp refuses a
 MaxMin activation on a feature map (which entries it pairs is not modelled), so
-:class:`ChannelMaxMin` exports to the exact residual form of its proof instead.
+:class:`ChannelMaxMin` exports to lipsdp's MaxMin on the flattened map between ``nn.Flatten``
+and ``nn.Unflatten`` (when it knows the map's size), or else to the residual form of its proof.
 :func:`export_sequential` exports an ``nn.Sequential`` that mixes these blocks (or any module
 with ``to_plain``) with plain modules.
 """
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from lipsdp.nn import Residual
+from lipsdp.nn import MaxMin, Residual
 
 from .errors import InvalidArgumentError, ShapeMismatchError
 from .layers import factory_kwargs, positive_int, resolve_dtype
@@ -53,13 +54,25 @@ class ChannelMaxMin(nn.Module):
     1-Lipschitz.  Where ``a ≠ b`` the Jacobian is a permutation matrix (orthogonal), so
     gradient norms are preserved almost everywhere.
 
-    Export. ``max(a, b) = a + relu(b − a)`` and ``min(a, b) = b − relu(b − a)``, so
-    ``MaxMin(x) = x + U relu(D x)`` with ``D`` the 1×1 convolution ``e_bᵀ − e_aᵀ`` per pair
-    and ``U = −Dᵀ``: :meth:`to_plain` returns ``lipsdp.nn.Residual(Conv(D), ReLU, Conv(U))``,
-    equal to the forward up to one rounding per entry.  Its own proof is a LipSDP
-    certificate: with ``r = relu(v)``, ``v = Dx`` per pair and the slope-[0, 1] constraint
-    ``Δr (Δv − Δr) ≥ 0``, ``‖Δx + UΔr‖² = ‖Δx‖² − 2 Δr (Δv − Δr) ≤ ‖Δx‖²`` (``‖e_b − e_a‖² = 2``),
-    i.e. the LMI of ``ρ = 1`` holds with multiplier ``λ = 2``, so lipsdp can certify 1.
+    Export (:meth:`to_plain`), in one of two forms, both lipsdp-readable:
+
+    * *flat* (when the map's size is known: ``spatial_size``): on the flattened map ``(C·H·W,)``
+      (C-major), the channel pairs ``(k, k + C/2)`` at one position are the entries ``j`` and
+      ``j + C·H·W/2`` -- exactly lipsdp's ``MaxMin(grouping="split")`` on the flat vector.  So
+      ``grouping="split"`` exports to ``Flatten, MaxMin("split"), Unflatten(1, (C, H, W))``, equal
+      to the forward exactly (the same max and min), and ``"consecutive"`` puts the 1×1
+      permutation convolution ``P`` (channel ``2k → k``, ``2k+1 → k + C/2``) before and ``Pᵀ``
+      after (0/1 weights: exact).  lipsdp reads MaxMin as a 1-Lipschitz group activation and
+      the permutations as convolutions of norm 1, so a product of norms certifies 1 exactly.
+    * *residual* (size unknown): ``max(a, b) = a + relu(b − a)`` and ``min(a, b) = b − relu(b −
+      a)``, so ``MaxMin(x) = x + U relu(D x)`` with ``D`` the 1×1 convolution ``e_bᵀ − e_aᵀ`` per
+      pair and ``U = −Dᵀ``: ``lipsdp.nn.Residual(Conv(D), ReLU, Conv(U))``, equal to the forward
+      up to one rounding per entry.  Its proof is a LipSDP certificate: with ``r = relu(v)``,
+      ``v = Dx`` per pair and the slope-[0, 1] constraint ``Δr (Δv − Δr) ≥ 0``, ``‖Δx + UΔr‖² =
+      ‖Δx‖² − 2 Δr (Δv − Δr) ≤ ‖Δx‖²`` (``‖e_b − e_a‖² = 2``), i.e. the LMI of ``ρ = 1`` holds
+      with multiplier ``λ = 2``.  That LMI is singular (the map is an isometry almost
+      everywhere), so lipsdp's certified value carries its proof margin (about 1e-6 relative
+      per block): prefer the flat form.
 
     Parameters
     ----------
@@ -67,9 +80,13 @@ class ChannelMaxMin(nn.Module):
     spatial_dims : 1 (``(N, C, L)``) or 2 (``(N, C, H, W)``, default): what the export's convolutions act on
     channels : int, optional
         Checked against the input, and needed by :meth:`to_plain` (else pass it there).
+    spatial_size : int or tuple of ``spatial_dims`` ints, optional
+        The map's size (``(H, W)`` or ``(L,)``): checked against the input, and it selects the
+        flat export (else pass it to :meth:`to_plain`).
     """
 
-    def __init__(self, grouping: str = "consecutive", spatial_dims: int = 2, channels: int | None = None) -> None:
+    def __init__(self, grouping: str = "consecutive", spatial_dims: int = 2, channels: int | None = None,
+                 spatial_size=None) -> None:
         super().__init__()
         self.channels = None if channels is None else positive_int(channels, "channels")
         if self.channels is not None and self.channels % 2:
@@ -80,14 +97,31 @@ class ChannelMaxMin(nn.Module):
             raise InvalidArgumentError(f"spatial_dims must be 1 (N, C, L) or 2 (N, C, H, W), got {spatial_dims!r}")
         self.grouping = grouping
         self.spatial_dims = int(spatial_dims)
+        self.spatial_size = self._size(spatial_size)
+
+    def _size(self, spatial_size) -> tuple[int, ...] | None:
+        """``spatial_size`` as a tuple of ``spatial_dims`` positive ints (None stays None)."""
+        if spatial_size is None:
+            return None
+        items = (spatial_size,) if isinstance(spatial_size, int) and not isinstance(spatial_size, bool) else None
+        try:
+            items = tuple(spatial_size) if items is None else items
+        except TypeError:
+            items = ()
+        if len(items) != self.spatial_dims:
+            raise InvalidArgumentError(f"spatial_size must hold {self.spatial_dims} positive int(s) (the map's "
+                                       f"{'(H, W)' if self.spatial_dims == 2 else '(L,)'}), got {spatial_size!r}")
+        return tuple(positive_int(v, "spatial_size") for v in items)
 
     def _check(self, x: torch.Tensor) -> int:
         if x.dim() != 2 + self.spatial_dims or x.shape[1] % 2 or (
-                self.channels is not None and x.shape[1] != self.channels):
+                self.channels is not None and x.shape[1] != self.channels) or (
+                self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size):
             channels = "an even number of channels C" if self.channels is None else f"{self.channels} channels"
+            size = "" if self.spatial_size is None else f" of size {self.spatial_size}"
             raise ShapeMismatchError(
                 f"ChannelMaxMin(spatial_dims={self.spatial_dims}) takes a batch of feature maps with "
-                f"{2 + self.spatial_dims} axes (N, C, …) and {channels}; got shape {tuple(x.shape)}"
+                f"{2 + self.spatial_dims} axes (N, C, …){size} and {channels}; got shape {tuple(x.shape)}"
             )
         return int(x.shape[1])
 
@@ -111,8 +145,13 @@ class ChannelMaxMin(nn.Module):
         """1 (exact; see the class docstring)."""
         return 1.0
 
-    def to_plain(self, dtype=None, device=None, channels: int | None = None) -> nn.Sequential:
-        """``Sequential(Residual(Sequential(Conv(D), ReLU, Conv(−Dᵀ))))`` on ``channels`` channels (1×1 kernels)."""
+    def to_plain(self, dtype=None, device=None, channels: int | None = None, spatial_size=None) -> nn.Sequential:
+        """The export of the class docstring on ``channels`` channels: flat when the map's size is known, else residual.
+
+        Returns ``Sequential([Conv(P),] Flatten, MaxMin("split"), Unflatten(1, (C, *spatial_size))[, Conv(Pᵀ)])``
+        (``P`` only for ``grouping="consecutive"``) or ``Sequential(Residual(Sequential(Conv(D), ReLU,
+        Conv(−Dᵀ))))`` (1×1 kernels).
+        """
         channels = channels if channels is not None else self.channels
         if channels is None:
             raise InvalidArgumentError("ChannelMaxMin.to_plain needs the number of channels: build the block with "
@@ -121,6 +160,9 @@ class ChannelMaxMin(nn.Module):
         pairs = self.pairs(channels)
         kw = factory_kwargs(resolve_dtype(dtype), device)
         conv = _conv_type(self.spatial_dims)
+        size = self._size(spatial_size) if spatial_size is not None else self.spatial_size
+        if size is not None:
+            return self._flat_export(channels, size, conv, kw)
         down = conv(channels, len(pairs), 1, bias=False, **kw)
         up = conv(len(pairs), channels, 1, bias=False, **kw)
         D = torch.zeros(len(pairs), channels, **kw)
@@ -131,8 +173,25 @@ class ChannelMaxMin(nn.Module):
             up.weight.copy_((-D.T).reshape(up.weight.shape))
         return nn.Sequential(Residual(nn.Sequential(down, nn.ReLU(), up))).eval()
 
+    def _flat_export(self, channels: int, size: tuple[int, ...], conv, kw: dict) -> nn.Sequential:
+        """``[Conv(P),] Flatten, MaxMin("split"), Unflatten[, Conv(Pᵀ)]`` (see the class docstring)."""
+        flat = [nn.Flatten(), MaxMin(grouping="split"), nn.Unflatten(1, (channels, *size))]
+        if self.grouping == "split":
+            return nn.Sequential(*flat).eval()
+        half = channels // 2
+        perm = torch.zeros(channels, channels, **kw)  # perm[new, old]: 2k -> k, 2k + 1 -> k + C/2
+        for k, (a, b) in enumerate(self.pairs(channels)):
+            perm[k, a], perm[k + half, b] = 1.0, 1.0
+        to_split = conv(channels, channels, 1, bias=False, **kw)
+        back = conv(channels, channels, 1, bias=False, **kw)
+        with torch.no_grad():
+            to_split.weight.copy_(perm.reshape(to_split.weight.shape))
+            back.weight.copy_(perm.T.reshape(back.weight.shape))
+        return nn.Sequential(to_split, *flat, back).eval()
+
     def extra_repr(self) -> str:
-        return f"grouping={self.grouping!r}, spatial_dims={self.spatial_dims}, channels={self.channels}"
+        return (f"grouping={self.grouping!r}, spatial_dims={self.spatial_dims}, channels={self.channels}, "
+                f"spatial_size={self.spatial_size}")
 
 
 class SpaceToDepth(nn.Module):
@@ -250,8 +309,8 @@ class LLNHead(nn.Module):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """A certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certify.spectral_norm_bound`, rounded up)."""
-        from lipsdp.certify import spectral_norm_bound
+        """A certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certificate.spectral_norm_bound`, rounded up)."""
+        from lipsdp.certificate import spectral_norm_bound
 
         mantissa, exponent = spectral_norm_bound(self.weight.detach().cpu().double().numpy())
         return float(np.ldexp(mantissa, exponent))

@@ -104,8 +104,8 @@ def _sqrt2_up() -> float:
 
 
 def _vector_norm_bound(d: np.ndarray) -> float:
-    """A certified upper bound of ``‖d‖₂`` (:func:`lipsdp.certify.spectral_norm_bound` of the row ``d``)."""
-    from lipsdp.certify import spectral_norm_bound
+    """A certified upper bound of ``‖d‖₂`` (:func:`lipsdp.certificate.spectral_norm_bound` of the row ``d``)."""
+    from lipsdp.certificate import spectral_norm_bound
 
     mantissa, exponent = spectral_norm_bound(d.reshape(1, -1))
     return float(np.ldexp(mantissa, exponent))
@@ -119,7 +119,7 @@ def pair_lipschitz(weight, body_lipschitz: float = 1.0) -> np.ndarray:
 
     Rounding: ``W`` is read in float64 (exact from float32); the computed difference
     ``d̃ = fl(w_i − w_j) = (w_i − w_j)(1 + δ)``, ``|δ| ≤ u``, so ``‖w_i − w_j‖ ≤ ‖d̃‖/(1 − u)``;
-    ``‖d̃‖`` is bounded by :func:`lipsdp.certify.spectral_norm_bound` (power-of-two scaling,
+    ``‖d̃‖`` is bounded by :func:`lipsdp.certificate.spectral_norm_bound` (power-of-two scaling,
     Gram matrix, shifted Cholesky proof); the factor ``1/(1 − u)`` is covered by multiplying by
     ``1 + 4u ≥ 1/(1 − u)`` (exact in float64), and both products are rounded up exactly
     (:func:`_mul_up`).  Identical rows give the constant 0 (their difference of logits is constant).
@@ -222,36 +222,90 @@ def certified_mask(logits: torch.Tensor, labels: torch.Tensor, eps, pair) -> np.
 
 
 # ------------------------------------------------------------------------------ head and body of a model
-def _is_head(module) -> bool:
+def _linear_weight(module) -> torch.Tensor | None:
+    """The ``(classes, features)`` matrix ``W`` if ``module`` computes ``x ↦ W x + b``, else None.
+
+    ``nn.Linear``; :class:`lmi.blocks.LLNHead` (its normalised weight, the one its forward
+    uses); any module with ``to_plain()`` whose export is one ``nn.Linear`` (possibly inside
+    nested Sequentials), e.g. :class:`lmi.cnn.LipschitzLinear` without activation -- exports equal
+    their module's forward (the project's export contract), so that ``W`` is the forward's.
+    """
     from torch import nn
+
+    from lipsdp.errors import LipSDPError
 
     from .blocks import LLNHead
 
-    return isinstance(module, (nn.Linear, LLNHead))
+    if isinstance(module, (nn.Linear, LLNHead)):
+        return module.weight.detach()
+    if isinstance(module, nn.Sequential) or not callable(getattr(module, "to_plain", None)):
+        return None
+    try:
+        plain = module.to_plain()
+    except (LipSDPError, TypeError):  # no export (or one that needs arguments): not readable as a linear map
+        return None
+    leaves = [m for m in plain.modules() if not isinstance(m, nn.Sequential)] if isinstance(plain, nn.Module) else []
+    if len(leaves) == 1 and isinstance(leaves[0], nn.Linear):
+        return leaves[0].weight.detach()
+    return None
+
+
+def _split_sequential(model):
+    """``(body, head)`` of a non-empty ``nn.Sequential``: its last module if linear, else split inside it."""
+    from torch import nn
+
+    from .errors import UnsupportedModelError
+
+    last = model[-1]
+    if _linear_weight(last) is not None:
+        return model[:-1], last
+    if isinstance(last, nn.Sequential) and len(last):
+        inner, head = _split_sequential(last)
+        return nn.Sequential(*model[:-1], *inner), head
+    raise UnsupportedModelError(
+        f"the per-pair rule needs a linear last layer, but the model ends in a {type(last).__name__}; a head is an "
+        f"nn.Linear, an lmi.LLNHead, a module whose to_plain() export is one nn.Linear (e.g. lmi.LipschitzLinear "
+        f"without activation), or an nn.Sequential ending in one; else pass head=(module or weight) and "
+        f"body_lipschitz=(a certified constant of everything before it)"
+    )
 
 
 def split_head(model):
     """``(body, head)`` of a classifier whose last layer is linear.
 
-    An ``nn.Sequential`` ending in ``nn.Linear`` or :class:`lmi.blocks.LLNHead` splits into
-    ``model[:-1]`` and ``model[-1]``; a model with attributes ``body`` and ``head`` into those.
+    The head is the last module that computes ``x ↦ W x + b`` (an ``nn.Linear``, an
+    :class:`lmi.blocks.LLNHead`, or a module whose ``to_plain()`` export is one ``nn.Linear``,
+    such as the last layer of :func:`lmi.lipschitz_cnn`); the body is everything before it.  An
+    ``nn.Sequential`` is split at its last module, looking inside a last module that is itself
+    an ``nn.Sequential`` (e.g. an exported layer); a model with attributes ``body`` and ``head``
+    is split into those (or into ``body`` plus the head's own body, when ``head`` is a Sequential).
 
     Raises
     ------
     UnsupportedModelError
-        Any other model (pass ``head=`` and ``body_lipschitz=`` to :func:`certified_accuracy`).
+        Any other model (the message names the type of the last module found; pass ``head=`` and
+        ``body_lipschitz=`` to :func:`certified_accuracy`).
     """
     from torch import nn
 
     from .errors import UnsupportedModelError
 
-    if isinstance(model, nn.Sequential) and len(model) and _is_head(model[-1]):
-        return model[:-1], model[-1]
-    if hasattr(model, "body") and _is_head(getattr(model, "head", None)):
-        return model.body, model.head
+    if isinstance(model, nn.Sequential) and len(model):
+        return _split_sequential(model)
+    if hasattr(model, "body") and isinstance(getattr(model, "head", None), nn.Module):
+        head = model.head
+        if _linear_weight(head) is not None:
+            return model.body, head
+        if isinstance(head, nn.Sequential) and len(head):
+            inner, last = _split_sequential(head)
+            return nn.Sequential(model.body, *inner), last
+        raise UnsupportedModelError(
+            f"the per-pair rule needs a linear last layer, but {type(model).__name__}.head is a "
+            f"{type(head).__name__}; pass head=(module or weight) and body_lipschitz=(a certified constant of the body)"
+        )
     raise UnsupportedModelError(
-        f"the per-pair rule needs the last layer: {type(model).__name__} is not an nn.Sequential ending in "
-        f"nn.Linear or lmi.LLNHead, nor a model with .body and .head; pass head=(module or weight) and "
+        f"the per-pair rule needs the last layer: {type(model).__name__} is not an nn.Sequential ending in a linear "
+        f"layer (nn.Linear, lmi.LLNHead, …), nor a model with .body and .head; pass head=(module or weight) and "
         f"body_lipschitz=(a certified constant of everything before it)"
     )
 
@@ -261,11 +315,11 @@ def _head_weight(head) -> torch.Tensor:
 
     if isinstance(head, (torch.Tensor, np.ndarray)):
         return torch.as_tensor(head)
-    weight = getattr(head, "weight", None)  # LLNHead.weight is the normalised weight its forward uses
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return weight.detach()
-    raise UnsupportedModelError(f"head must be an nn.Linear, an lmi.LLNHead or a (classes, features) weight, "
-                                f"got {type(head).__name__}")
+    weight = _linear_weight(head)
+    if weight is not None and weight.dim() == 2:
+        return weight
+    raise UnsupportedModelError(f"head must be a linear layer (nn.Linear, lmi.LLNHead, a module whose to_plain() "
+                                f"export is one nn.Linear) or a (classes, features) weight, got {type(head).__name__}")
 
 
 def body_lipschitz_bound(body) -> float:
@@ -273,7 +327,7 @@ def body_lipschitz_bound(body) -> float:
 
     ``body.lipschitz_bound()`` where it exists; for an ``nn.Sequential``, the product over its
     modules (each product rounded up) of: ``lipschitz_bound()``; the certified spectral norm of
-    an ``nn.Linear`` (:func:`lipsdp.certify.spectral_norm_bound`); 1 for ``Flatten``, ``Identity``
+    an ``nn.Linear`` (:func:`lipsdp.certificate.spectral_norm_bound`); 1 for ``Flatten``, ``Identity``
     and ``Dropout`` (in eval mode); the constant of a parameter-free activation that
     :mod:`lipsdp.activation_registry` reads.
 
@@ -286,7 +340,7 @@ def body_lipschitz_bound(body) -> float:
     from torch import nn
 
     from lipsdp import activation_registry as registry
-    from lipsdp.certify import spectral_norm_bound
+    from lipsdp.certificate import spectral_norm_bound
 
     from .errors import UnsupportedModelError
 
@@ -424,48 +478,87 @@ def certified_accuracy(model, X: torch.Tensor, y: torch.Tensor, eps, lipschitz: 
 
 
 def jacobian_norms(model, X: torch.Tensor) -> torch.Tensor:
-    """Spectral norms of the Jacobian of ``model`` at each row of ``X`` (lower bounds on L)."""
+    """Spectral norms of the Jacobian of ``model`` at each input of ``X`` (lower bounds on L).
+
+    ``X`` holds rows ``(N, n)`` or images ``(N, C, H, W)``; each Jacobian is read as the
+    ``(outputs, inputs)`` matrix of the flattened input (the 2-norm of an image is that of its
+    flattened entries).
+    """
     from torch.func import jacrev, vmap
 
     def single(x):
         return model(x.unsqueeze(0)).squeeze(0)
 
     J = vmap(jacrev(single))(X)
+    J = J.reshape(X.shape[0], -1, X[0].numel())
     return torch.linalg.matrix_norm(J, ord=2).detach()
 
 
+def _start_shape(model, input_shape) -> tuple[int, ...]:
+    """The shape of one input of ``model``: ``input_shape``, ``model.input_shape``, ``(model.dims[0],)`` or the
+    ``in_features`` of its first module that has them (:class:`~lmi.errors.InvalidArgumentError` if none)."""
+    from .errors import InvalidArgumentError
+
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    if input_shape is None and hasattr(model, "dims"):
+        input_shape = (model.dims[0],)
+    if input_shape is None:
+        first = next((m.in_features for m in model.modules() if hasattr(m, "in_features")), None)
+        input_shape = None if first is None else (first,)
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except TypeError:
+        shape = ()
+    if not shape or any(v <= 0 for v in shape):
+        raise InvalidArgumentError(f"empirical_lipschitz cannot tell the shape of one input of "
+                                   f"{type(model).__name__}: pass X=(starting points) or input_shape=(C, H, W) / (n,)")
+    return shape
+
+
 def empirical_lipschitz(model, X: torch.Tensor | None = None, n_starts: int = 64, steps: int = 100,
-                        lr: float = 0.05, delta: float = 1e-3, seed: int = 0) -> float:
+                        lr: float = 0.05, delta: float = 1e-3, seed: int = 0, input_shape=None) -> float:
     """Empirical lower bound on the 2-norm Lipschitz constant of ``model``.
 
     Gradient ascent on the difference quotient ``||f(x) - f(x + d)|| / ||d||``
     over pairs (which, for piecewise-linear nets, has useful gradients where
     ``||J(x)||`` is piecewise constant), followed by the Jacobian norms at the
     final points.  Every value returned is attained, hence a valid lower bound.
+    Inputs may be rows or images: norms are taken over all entries of one input.
 
     Parameters
     ----------
-    X : optional starting points (rows); otherwise standard normal samples.
+    X : optional starting points, ``(N, n)`` rows or ``(N, C, H, W)`` images; otherwise
+        ``n_starts`` standard normal samples of the model's input shape.
+    input_shape : optional shape of one input (default: ``model.input_shape``, ``(model.dims[0],)``
+        or the ``in_features`` of the model's first module that has them); used when ``X`` is None.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``X`` is None and the input shape cannot be told.
     """
     import copy
 
     m64 = copy.deepcopy(model).double().eval()  # float64 so rounding cannot inflate the quotient
     for p in m64.parameters():
         p.requires_grad_(False)
-    n_in = model.dims[0] if hasattr(model, "dims") else next(
-        m.in_features for m in model.modules() if hasattr(m, "in_features"))
     device = next((p.device for p in m64.parameters()), torch.device("cpu"))
     g = torch.Generator(device="cpu").manual_seed(seed)
     if X is None:
-        X = torch.randn(n_starts, n_in, generator=g, dtype=torch.float64)
+        X = torch.randn(n_starts, *_start_shape(model, input_shape), generator=g, dtype=torch.float64)
     X = X.detach().to(dtype=torch.float64, device=device)
     d0 = torch.randn(X.shape, generator=g, dtype=torch.float64).to(device)
+    ones = (1,) * (X.dim() - 1)  # broadcasts one norm per input over its entries
+
+    def norms(t):
+        return t.flatten(1).norm(dim=1)
 
     def quotient(x, d):
-        return (m64(x) - m64(x + d)).norm(dim=1) / d.norm(dim=1)
+        return norms(m64(x) - m64(x + d)) / norms(d)
 
     x = X.clone().requires_grad_(True)
-    d = (d0 * delta / d0.norm(dim=1, keepdim=True)).requires_grad_(True)
+    d = (d0 * delta / norms(d0).view(-1, *ones)).requires_grad_(True)
     opt = torch.optim.Adam([x, d], lr=lr)
     best = 0.0
     for _ in range(steps):
@@ -475,7 +568,7 @@ def empirical_lipschitz(model, X: torch.Tensor | None = None, n_starts: int = 64
         (-q.sum()).backward()
         opt.step()
         with torch.no_grad():  # keep ||d|| = delta: a local (Jacobian-like) quotient
-            d.mul_(delta / d.norm(dim=1, keepdim=True).clamp_min(1e-300))
+            d.mul_((delta / norms(d).clamp_min(1e-300)).view(-1, *ones))
     with torch.no_grad():
         best = max(best, float(quotient(x, d).max()))
     pts = torch.cat([X, x.detach()])

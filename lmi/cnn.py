@@ -54,8 +54,10 @@ which chunks the merged layers, does not follow these blocks;
 
 Export: :meth:`LipschitzCNN.to_plain` (and :func:`lmi.to_plain`) returns an ``nn.Sequential``
 of ``nn.Conv2d`` (circular for the Fourier layers, zero-padded for AOL/SLL, stride 2 for
-``SpaceToDepth``), ``nn.Linear``, activations, ``nn.Flatten`` and :class:`lipsdp.nn.Residual`
-(SLL blocks, channel MaxMin), equal to the model up to rounding, which
+``SpaceToDepth``), ``nn.Linear``, activations, ``nn.Flatten``, :class:`lipsdp.nn.Residual` (SLL
+blocks) and, for a channel MaxMin, lipsdp's ``MaxMin("split")`` on the flattened map between
+``nn.Flatten`` and ``nn.Unflatten`` (with 1×1 permutation convolutions for the consecutive
+pairing; see :class:`~lmi.blocks.ChannelMaxMin`), equal to the model up to rounding, which
 ``lipsdp.estimate(plain, input_shape=(C, H, W))`` certifies independently.
 """
 from __future__ import annotations
@@ -353,7 +355,7 @@ class SLLDense(_GammaScaled):
 
 
 #: layers whose certificate is an LMI (LipSDP with per-neuron multipliers), not a product of norms
-_SDP_LAYERS = (SandwichConv2d, SandwichDense, SLLConv2d, SLLDense, ChannelMaxMin)
+_SDP_LAYERS = (SandwichConv2d, SandwichDense, SLLConv2d, SLLDense)
 
 
 # ------------------------------------------------------------------------------ activations
@@ -388,10 +390,10 @@ def _activation_prototype(activation, parameterization: str) -> nn.Module:
     return module
 
 
-def _act_for_maps(proto: nn.Module, channels: int, fk: dict) -> nn.Module:
-    """The activation of a conv stage: :class:`ChannelMaxMin` for MaxMin, else a copy of ``proto``."""
+def _act_for_maps(proto: nn.Module, channels: int, image: tuple[int, int], fk: dict) -> nn.Module:
+    """A conv stage's activation on ``image``-sized maps: :class:`ChannelMaxMin` for MaxMin, else ``proto``'s copy."""
     if isinstance(proto, MaxMin):
-        return ChannelMaxMin(grouping=proto.grouping, channels=channels)
+        return ChannelMaxMin(grouping=proto.grouping, channels=channels, spatial_size=image)
     return copy.deepcopy(proto).to(**fk)
 
 
@@ -541,7 +543,9 @@ class LipschitzCNN(nn.Module):
     @staticmethod
     def _sdp_needed(block: nn.Module) -> bool:
         """Whether the block's certificate is an LMI that a product of norms does not reproduce."""
-        return any(isinstance(m, _SDP_LAYERS) for m in block.modules())
+        # a ChannelMaxMin that knows its map's size exports to lipsdp's MaxMin (a norm of 1); else to an LMI
+        return any(isinstance(m, _SDP_LAYERS) or (isinstance(m, ChannelMaxMin) and m.spatial_size is None)
+                   for m in block.modules())
 
     def lipsdp_bound(self, method: str = "auto", blockwise: bool = False, dtype=torch.float64,
                      **options) -> float:
@@ -550,7 +554,7 @@ class LipschitzCNN(nn.Module):
         Parameters
         ----------
         method : a lipsdp method, or ``"auto"``: ``"lipsdp-neuron"`` where a block's certificate
-            is an LMI (sandwich and SLL layers, the residual export of a channel MaxMin),
+            is an LMI (sandwich and SLL layers, a channel MaxMin of unknown map size),
             ``"naive"`` (product of certified norms, convolutions by FFT) elsewhere
         blockwise : bound each block of :meth:`blocks` separately and multiply (rounded up):
             smaller LMIs (one per constrained layer), a bound never below the whole network's
@@ -593,11 +597,11 @@ def _conv_stage(p: str, c_in: int, c_out: int, image: tuple[int, int], proto: nn
                                kernel_size=_fourier_kernel(ks, image), **fk)]
     if p == "cayley":
         return [CayleyConv2d(c_in, c_out, image, kernel_size=_fourier_kernel(ks, image), **fk),
-                _act_for_maps(proto, c_out, fk)]
+                _act_for_maps(proto, c_out, image, fk)]
     if p == "aol":
-        return [AOLConv2d(c_in, c_out, ks, **fk), _act_for_maps(proto, c_out, fk)]
+        return [AOLConv2d(c_in, c_out, ks, **fk), _act_for_maps(proto, c_out, image, fk)]
     if p == "unconstrained":
-        return [nn.Conv2d(c_in, c_out, ks, padding=ks // 2, **fk), _act_for_maps(proto, c_out, fk)]
+        return [nn.Conv2d(c_in, c_out, ks, padding=ks // 2, **fk), _act_for_maps(proto, c_out, image, fk)]
     m = max(c_in, c_out)  # bro and sll: channel-preserving layers, between zero-padding and truncation
     mods: list[nn.Module] = [ChannelResize(c_in, m)] if c_in < m else []
     if p == "bro":
@@ -608,7 +612,7 @@ def _conv_stage(p: str, c_in: int, c_out: int, image: tuple[int, int], proto: nn
     if c_out < m:
         mods.append(ChannelResize(m, c_out))
     if p == "bro":
-        mods.append(_act_for_maps(proto, c_out, fk))
+        mods.append(_act_for_maps(proto, c_out, image, fk))
     return mods
 
 

@@ -151,9 +151,7 @@ class _FourierConv(ActivationOwner, CachedWeights):
         for op in self._ops(self.computed()):
             if op[0] == "conv":
                 _, symbol, bias = op
-                x = FT.apply_symbol(symbol, x)
-                if bias is not None:
-                    x = x + bias[:, None, None]
+                x = FT.apply_symbol(symbol, x, bias)
             else:
                 x = op[1](x)
         return x
@@ -224,7 +222,7 @@ class SandwichConv2d(_FourierConv):
     the dense sandwich layer applied frequency by frequency, with ``sqrt(gamma)`` at the
     input and at the output (as :class:`lmi.models.SandwichNet` does for a network).
 
-    Certificate (LipSDP, MATH.md §1): with ``W_1 = sqrt(2 gamma) Psi^{-1} B``,
+    Certificate (LipSDP, docs/formulations.md §1): with ``W_1 = sqrt(2 gamma) Psi^{-1} B``,
     ``W_2 = sqrt(2 gamma) A^T Psi``, the multiplier ``Lambda = gamma Psi^2`` (diagonal:
     one value per channel, repeated over pixels) and ``rho = gamma^2``,
 
@@ -287,7 +285,7 @@ class SandwichConv2d(_FourierConv):
         """``(A, B, psi)``: symbols ``A_z`` (``q x q``), ``B_z`` (``q x p``) and ``psi = e^d`` (None for output)."""
         q = self.out_channels
         S = self._free_symbol(self.XY)  # (H, Wr, q + p, q)
-        C, D = FT.cayley(S[..., :q, :], S[..., q:, :])
+        C, D = FT.cayley(*S.split([q, self.in_channels], dim=-2))  # a split's backward is one concatenation
         psi = None if self.d is None else torch.exp(self.d)
         return C.mH, D.mH, psi
 
@@ -391,7 +389,7 @@ class CayleyConv2d(_OrthogonalConv):
     def _unit_symbol(self) -> torch.Tensor:
         k = min(self.in_channels, self.out_channels)
         S = self._free_symbol(self.V)  # (H, Wr, max, min)
-        C, D = FT.cayley(S[..., :k, :], S[..., k:, :])
+        C, D = FT.cayley(*S.split([k, S.shape[-2] - k], dim=-2))
         tall = torch.cat([C, D], dim=-2)
         return tall if self.out_channels >= self.in_channels else tall.mH
 

@@ -15,7 +15,7 @@ in exactly one place:
   one (Gershgorin discs); used by AOL, SLL.
 * :func:`abs_chain` -- the chain of absolute-value products behind the
   Gershgorin certificate of a whole network.
-* :func:`lipsdp_matrix` -- the LipSDP matrix ``M(rho, Lambda)`` (MATH.md §1) for
+* :func:`lipsdp_matrix` -- the LipSDP matrix ``M(rho, Lambda)`` (docs/formulations.md §1) for
   a feed-forward network with slope-[0, 1] activations, used to check witnesses
   without an SDP solver.
 * :func:`layerwise_matrix` -- the same for 1-Lipschitz activations (MaxMin,
@@ -57,7 +57,7 @@ def cayley(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     With ``Z = X - X^* + Y^* Y`` (``X`` is ``q x q``, ``Y`` is ``p x q``, ``^*`` the
     conjugate transpose) return
 
-    .. math::  C = (I + Z)^{-1}(I - Z), \qquad D = -2\,Y (I + Z)^{-1}.
+    .. math::  C = (I + Z)^{-1}(I - Z) = 2 (I + Z)^{-1} - I, \qquad D = -2\,Y (I + Z)^{-1}.
 
     Then ``C^* C + D^* D = I_q`` (``[C; D]`` has orthonormal columns): ``Z + Z^* =
     2 Y^* Y``, so with ``M = I + Z``, ``(I - Z)^*(I - Z) + 4 Y^* Y = M^* M - 2(Z + Z^*)
@@ -82,13 +82,55 @@ def cayley(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if X.shape[-1] != X.shape[-2] or Y.shape[-1] != X.shape[-1]:
         raise ShapeMismatchError(f"cayley needs X of shape (..., q, q) and Y of shape (..., p, q), got "
                                  f"{tuple(X.shape)} and {tuple(Y.shape)}")
-    eye = _eye_like(X.shape[-1], X)
-    Z = X - X.mH + Y.mH @ Y
-    LU, pivots = torch.linalg.lu_factor(eye + Z)  # one factorisation for both solves
-    C = torch.linalg.lu_solve(LU, pivots, eye - Z)
-    # D = -2 Y (I + Z)^{-1}  <=>  D^* = -2 (I + Z)^{-*} Y^*
-    D = -2.0 * torch.linalg.lu_solve(LU, pivots, Y.mH, adjoint=True).mH
+    C, D, _ = _Cayley.apply(X, Y)
     return C, D
+
+
+class _Cayley(torch.autograd.Function):
+    r"""The map of :func:`cayley` with a hand-written backward pass (a handful of products).
+
+    One ``q x q`` inverse serves both factors: ``(I + Z)^{-1}(I - Z) = 2 (I + Z)^{-1} - I``, and
+    it is well conditioned, the Hermitian part of ``M = I + Z`` being ``I + Y^* Y ⪰ I``, so
+    ``||M^{-1}|| <= 1``.  Gradients, in torch's convention for complex tensors (``∂L/∂Re +
+    i ∂L/∂Im``; real tensors: the same formulas with transposes), with ``N = M^{-1}``:
+
+    .. math::  G_N = 2 G_C - 2 Y^* G_D, \quad G_M = -N^* G_N N^*, \quad
+               G_X = G_M - G_M^*, \quad G_Y = -2 G_D N^* + Y (G_M + G_M^*),
+
+    from ``C = 2N - I``, ``D = -2 Y N``, ``dN = -N dM N`` and ``dM = dX - dX^* + dY^* Y + Y^* dY``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(X, Y):
+        eye = _eye_like(X.shape[-1], X)
+        N = torch.linalg.inv(eye + (X - X.mH + Y.mH @ Y))
+        return 2.0 * N - eye, -2.0 * (Y @ N), N
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(inputs[1], output[2])
+
+    @staticmethod
+    def backward(ctx, gC, gD, _unused):
+        Y, N = ctx.saved_tensors
+        gN = None
+        if gC is not None:
+            gN = 2.0 * gC
+        if gD is not None:
+            gN = -2.0 * (Y.mH @ gD) if gN is None else gN - 2.0 * (Y.mH @ gD)
+        if gN is None:
+            return None, None
+        gM = -(N.mH @ gN @ N.mH)
+        gX = gM - gM.mH if ctx.needs_input_grad[0] else None
+        gY = None
+        if ctx.needs_input_grad[1]:
+            gY = Y @ (gM + gM.mH)
+            if gD is not None:
+                gY = gY - 2.0 * (gD @ N.mH)
+        return gX, gY
 
 
 def semi_orthogonal(P: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
@@ -196,7 +238,7 @@ def lipsdp_matrix(weights: Sequence[torch.Tensor], lambdas: Sequence[torch.Tenso
     Variables ``z = (dx_0, dx_1, ..., dx_{l-1})``; ``M`` is block tridiagonal:
     ``(0,0) = -rho I``, ``(k,k) = -2 Lambda_k`` (plus ``W_l^T W_l`` on the last
     block), ``(k-1,k) = W_k^T Lambda_k``.  ``M \preceq 0`` certifies that the
-    network is ``sqrt(rho)``-Lipschitz in the 2-norm (MATH.md §1).
+    network is ``sqrt(rho)``-Lipschitz in the 2-norm (docs/formulations.md §1).
     """
     W = [w.detach().to(torch.float64) for w in weights]
     lam = [x.detach().to(torch.float64).reshape(-1) for x in lambdas]

@@ -310,7 +310,7 @@ class SandwichLinear(ActivationOwner, CachedWeights):
 
     and it satisfies, for every parameter value, the LipSDP LMI of the
     one-hidden-layer map ``W_2 sigma(W_1 h + b)`` with ``W_1 = sqrt2 Psi^{-1} B``,
-    ``W_2 = sqrt2 A^T Psi``, ``rho = 1`` and multiplier ``Lambda = Psi^2`` (convention of MATH.md §1, where the slope-[0, 1]
+    ``W_2 = sqrt2 A^T Psi``, ``rho = 1`` and multiplier ``Lambda = Psi^2`` (convention of docs/formulations.md §1, where the slope-[0, 1]
     constraint reads ``2 dv^T Lambda dx - 2 dx^T Lambda dx >= 0``):
 
     .. math::  \begin{bmatrix} -I & W_1^T\Lambda \\ \Lambda W_1 & W_2^T W_2 - 2\Lambda \end{bmatrix} \preceq 0.
@@ -387,7 +387,7 @@ class LDLTLinear(nn.Module):
     The last layer uses ``W_l = \tilde W_l F^T`` so that
     ``D_{l-1} - W_l^T W_l = F (I - \tilde W_l^T \tilde W_l) F^T \succeq 0``.
     All pivots positive is exactly the block LDL^T test of the LipSDP LMI
-    (MATH.md §1-2), so the network with ``D_0 = gamma^2 I`` is gamma-Lipschitz.
+    (docs/formulations.md §1-2), so the network with ``D_0 = gamma^2 I`` is gamma-Lipschitz.
     ``alpha > 0`` (finite) is the slack of the contraction; ``alpha = 0`` would make
     ``V V^T + alpha I`` singular.
     """

@@ -4,7 +4,7 @@
 ``dims[0]`` inputs to ``dims[-1]`` outputs through hidden widths ``dims[1:-1]``
 whose 2-norm Lipschitz constant is at most ``gamma`` for every parameter value.
 
-Network-level certificates (one LMI for the whole network, MATH.md §1):
+Network-level certificates (one LMI for the whole network, docs/formulations.md §1):
 ``sandwich``, ``ldlt``, ``gershgorin``.  Layer-wise baselines (product of
 1-Lipschitz layers, times gamma): ``sll``, ``aol``, ``cayley``, ``spectral``.
 
@@ -290,8 +290,8 @@ class SandwichNet(LipschitzMLP):
     .. math::  W_k = 2\,\Psi_k^{-1} B_k A_{k-1}^T \Psi_{k-1},\quad
                A_0 = I,\ \Psi_0 = \sqrt{\gamma/2}\, I,\ \Psi_l = \sqrt{2/\gamma}\, I,
 
-    and ``M(gamma^2, Lambda) <= 0`` (MATH.md §1) with the witness
-    ``Lambda_k = gamma Psi_k^2`` for every parameter value.  (MATH.md §8 writes
+    and ``M(gamma^2, Lambda) <= 0`` (docs/formulations.md §1) with the witness
+    ``Lambda_k = gamma Psi_k^2`` for every parameter value.  (The witness sometimes quoted is
     ``Psi_k^2 / 2``; in the §1 convention that choice violates the LMI even at
     gamma = 1 -- the Schur complement is ``Psi (I - 2 A A^T - B B^T / 2) Psi`` --
     while ``gamma Psi_k^2`` makes it exactly ``gamma Psi (I - A A^T - B B^T) Psi = 0``.)

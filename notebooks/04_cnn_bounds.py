@@ -36,7 +36,7 @@ from torch import nn
 
 import lipsdp
 from bound_figures import plot_bound_ratios, save_figure
-from lipsdp.certify import spectral_norm_bound
+from lipsdp.certificate import spectral_norm_bound
 
 INPUT_SHAPE = (1, 8, 8)  # one image: 1 channel, 8x8 pixels
 
@@ -87,7 +87,7 @@ print(net)
 # Fourier symbol with every floating-point rounding accounted for — and `lower`
 # is ‖Ax‖/‖x‖ at the vector x that power iteration found, a value `A` attains
 # (rounding subtracted). The dense layer's ‖W‖₂ is certified by
-# `lipsdp.certify.spectral_norm_bound` (its `lower` is the SVD's σ₁). The
+# `lipsdp.certificate.spectral_norm_bound` (its `lower` is the SVD's σ₁). The
 # product of these bounds is the naive bound of the network (ReLU is
 # 1-Lipschitz).
 

@@ -16,14 +16,14 @@ import scipy.sparse as sp
 
 import lipsdp
 from lipsdp import formulations as fm
-from lipsdp.certify import certify
+from lipsdp.certificate import certify
 from lipsdp.decompose import block_components, rho_reaches_every_block, split_block, split_decoupled_blocks
 from lipsdp.errors import CertificationError
 from lipsdp.graph import build_graph
 from lipsdp.group_activations import maxmin
 from lipsdp.lower import gradient_lower_bound
 from lipsdp.sdp import SDP, LMIBlock, QuadTerm, identity_basis, selector, symmetric_basis
-from lipsdp.solvers import solve
+from lipsdp.solver_registry import solve
 
 WIDTHS = ([6, 8, 8, 2], [4, 6, 6, 6, 3])
 SEEDS = (0, 1, 2)

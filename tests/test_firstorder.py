@@ -38,13 +38,18 @@ def test_between_sdp_optimum_and_eclipse(seed, widths, act):
 def test_unsupported_sdp_raises_typed_error():
     net = _net(0, (4, 8, 8, 3), "relu")
     work, _ = fm.normalise_chain(net)
-    sdp = fm.lipsdp_layerwise(work, "neuron")  # multi-block form: not handled
+    from dataclasses import replace
+
+    from lipsdp.bound_methods import _graph_builder
+
+    one = _graph_builder("neuron")(work, True)
+    sdp = replace(one, blocks=one.blocks * 2)  # multi-block form: not handled
     with pytest.raises(SolverFailedError):
         solve_firstorder(sdp)
 
 
 def test_result_is_feasible_not_optimal():
-    from lipsdp.methods import _graph_builder
+    from lipsdp.bound_methods import _graph_builder
 
     work, _ = fm.normalise_chain(_net(1, (4, 8, 8, 3), "relu"))
     res = solve_firstorder(_graph_builder("neuron")(work, True), time_limit=120.0, max_iters=50)

@@ -22,7 +22,7 @@ from lipsdp import errors
 from lipsdp.budget import estimate_cost
 from lipsdp.cli import main
 from lipsdp.lower import gradient_lower_bound
-from lipsdp.methods import LipschitzBound
+from lipsdp.bound_methods import LipschitzBound
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_closed_form_methods_take_no_solver_options(net):
 
 def test_ipm_called_directly_refuses_an_unknown_option(net):
     from lipsdp.ipm import solve_with_ipm
-    from lipsdp.methods import _graph_builder
+    from lipsdp.bound_methods import _graph_builder
 
     with pytest.raises(errors.InvalidOptionError, match="bogus"):
         solve_with_ipm(_graph_builder("neuron")(net), bogus=1)

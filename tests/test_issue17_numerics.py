@@ -9,20 +9,18 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 import lipsdp
+import lipsdp.bound_methods as methods_module
 from lipsdp.activations import SlopeRestricted
-from lipsdp.certify import spectral_norm_bound
+from lipsdp.certificate import spectral_norm_bound
 from lipsdp.errors import NotApplicableError, NumericalRangeError, SolverFailedError
 from lipsdp.firstorder import solve_firstorder
 from lipsdp.lower import gradient_lower_bound
 from lipsdp.network import Network
 
-methods_module = sys.modules["lipsdp.methods"]  # the package re-exports a function named ``methods``
 
 SDP_METHODS = ("lipsdp-neuron", "lipsdp-layer", "eclipse-fast")
 

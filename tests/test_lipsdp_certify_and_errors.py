@@ -8,10 +8,10 @@ import pytest
 import lipsdp
 from conftest import random_network
 from lipsdp import errors
-from lipsdp.certify import certify
+from lipsdp.certificate import certify
 from lipsdp.formulations import lipsdp_l2
 from lipsdp.graph import build_graph
-from lipsdp.solvers import resolve_solver, solve
+from lipsdp.solver_registry import resolve_solver, solve
 
 
 def _solved(seed: int):
@@ -97,7 +97,7 @@ def test_unknown_solver_lists_the_known_ones():
 
 
 def test_mosek_without_licence_is_a_licence_error_naming_usable_solvers():
-    from lipsdp.solvers import mosek_problem
+    from lipsdp.solver_registry import mosek_problem
 
     if mosek_problem() is None:
         pytest.skip("MOSEK is licensed here")
@@ -110,7 +110,7 @@ def test_mosek_without_licence_is_a_licence_error_naming_usable_solvers():
 
 @pytest.mark.mosek
 def test_mosek_solves_when_licensed():
-    from lipsdp.solvers import mosek_problem
+    from lipsdp.solver_registry import mosek_problem
 
     if mosek_problem() is not None:
         pytest.skip(mosek_problem())

@@ -48,7 +48,7 @@ def test_anchor_layerwise_form_equals_one_block_form():
 
 
 def test_lipsdp_network_counterexample_stays_above_true_constant():
-    """MATH §1: "LipSDP-Network" reports 0.901 on this net; a linear region has Jacobian norm 1.804."""
+    """docs/formulations.md §1: "LipSDP-Network" reports 0.901 on this net; a linear region has Jacobian norm 1.804."""
     w1 = np.array([[0.5614, 0.2222], [0.3716, 1.3489], [0.4522, 1.3218]])
     b1 = np.array([-0.6138, -0.5221, -0.1218])
     w2 = np.array([[0.1637, -0.6522, 1.2441]])

@@ -21,7 +21,7 @@ nn = torch.nn
 
 import lipsdp  # noqa: E402
 import lmi  # noqa: E402
-from lipsdp.nn import Residual  # noqa: E402
+from lipsdp.nn import MaxMin, Residual  # noqa: E402
 from lmi.cnn import CNN_PARAMETERIZATIONS, LipschitzCNN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ BOUNDED = [p for p in CNN_PARAMETERIZATIONS if p != "unconstrained"]
 #: norm-bounded, LipSDP-Neuron where the certificate is an LMI (sandwich layers, SLL residuals)
 METHOD = {"sandwich": "lipsdp-neuron", "sll": "lipsdp-neuron", "cayley": "naive", "bro": "naive", "aol": "naive"}
 #: plain torch modules an export may hold (lipsdp reads each of them)
-PLAIN = (nn.Conv2d, nn.Linear, nn.Flatten, nn.ReLU, nn.Tanh, Residual, nn.Sequential)
+PLAIN = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Unflatten, nn.ReLU, nn.Tanh, MaxMin, Residual, nn.Sequential)
 
 
 @pytest.fixture(autouse=True)
@@ -221,17 +221,28 @@ def test_lipsdp_certifies_gamma_for_the_float64_export(p, gamma):
     assert bound * (1 - 1e-6) <= blockwise <= gamma * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("grouping", ["consecutive", "split"])
+@pytest.mark.parametrize("gamma", GAMMAS)
 @pytest.mark.parametrize("p", ["cayley", "bro", "aol"])
-def test_lipsdp_certifies_gamma_with_channel_maxmin(p):
-    """MaxMin exports as a residual block whose LMI is exactly singular (an isometry a.e.).
+def test_lipsdp_certifies_gamma_with_channel_maxmin(p, gamma, grouping):
+    """Channel MaxMin exports to lipsdp's MaxMin on the flattened map: the acceptance tolerance 1e-6 holds.
 
-    lipsdp's certified value then carries its proof margin, about 2e-6 relative for the three
-    MaxMin layers here, hence the tolerance 1e-5.
+    (Its residual form has an exactly singular LMI, certified only with a proof margin of about
+    1e-6 relative per block; lipschitz_cnn's MaxMin knows its map's size and never uses it.)
     """
-    model = _model(p, 2.0, F64, activation="maxmin")
+    model = _model(p, gamma, F64, activation=MaxMin(grouping=grouping))
     assert sum(isinstance(m, lmi.ChannelMaxMin) for m in model.body) == 2
-    bound = model.lipsdp_bound()  # "auto": LipSDP-Neuron, for the residual MaxMin exports
-    assert bound <= 2.0 * (1 + 1e-5)
+    plain = lmi.to_plain(model)
+    assert not any(isinstance(m, Residual) for m in plain.modules())
+    assert sum(isinstance(m, MaxMin) for m in plain.modules()) == 3  # two channel MaxMin, one on the dense layer
+    x = _images(4, F64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), atol=1e-12, rtol=0)
+    bound = model.lipsdp_bound()  # "auto": a product of certified norms (MaxMin counts 1)
+    assert bound <= gamma * (1 + 1e-6)
+    if p in ("cayley", "bro"):  # orthogonal layers: the product of norms is gamma itself
+        assert bound >= gamma * (1 - 1e-9)
+    assert bound * (1 - 1e-9) <= model.lipsdp_bound(blockwise=True) <= gamma * (1 + 1e-6)
 
 
 def test_lipsdp_bound_of_an_unconstrained_cnn_is_not_a_free_gamma():
@@ -340,6 +351,31 @@ def test_bench_conv_quick_writes_its_table_and_figure(tmp_path):
         if r["parameterization"] != "unconstrained":
             assert float(r["lipsdp_bound"]) <= float(r["gamma"]) * (1 + 1e-6)
     assert (tmp_path / "bench_conv.png").stat().st_size > 0
+
+
+def test_bench_conv_update_replaces_only_the_rerun_rows(tmp_path):
+    """``--update``: rows of the rerun cases are replaced in place, every other row is kept, ratios recomputed."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_conv
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    old = [{"dataset": d, "parameterization": p, "step_ms": ms, "gamma": 1.0, "status": "ok"}
+           for d, p, ms in [("a", "sandwich", 30.0), ("a", "cayley", 20.0), ("a", "unconstrained", 5.0),
+                            ("b", "sandwich", 40.0)]]
+    with open(tmp_path / "bench_conv.csv", "w", newline="") as fh:  # the CSV an earlier run left
+        writer = csv.DictWriter(fh, fieldnames=bench_conv.COLUMNS)
+        writer.writeheader()
+        writer.writerows(old)
+    new = [{"dataset": "a", "parameterization": "sandwich", "step_ms": 12.0, "gamma": 1.0, "status": "ok"},
+           {"dataset": "a", "parameterization": "unconstrained", "step_ms": 4.0, "gamma": 1.0, "status": "ok"},
+           {"dataset": "c", "parameterization": "aol", "step_ms": 9.0, "gamma": 1.0, "status": "ok"}]
+    merged = bench_conv.merge_rows(bench_conv.read_rows(tmp_path / "bench_conv.csv"), new)
+    assert [(r["dataset"], r["parameterization"], r["step_ms"]) for r in merged] == [
+        ("a", "sandwich", 12.0), ("a", "cayley", 20.0), ("a", "unconstrained", 4.0), ("b", "sandwich", 40.0),
+        ("c", "aol", 9.0)]
+    assert bench_conv._finish(merged) == []
+    assert [r["step_ratio"] for r in merged[:3]] == [3.0, 5.0, 1.0] and math.isnan(merged[3]["step_ratio"])
 
 
 # ------------------------------------------------------------------------------ CUDA

@@ -32,7 +32,7 @@ from lmi.data import (
     load_images,
     read_idx,
 )
-from lmi.errors import InvalidOptionError, ShapeMismatchError, UnsupportedModelError
+from lmi.errors import InvalidArgumentError, InvalidOptionError, ShapeMismatchError, UnsupportedModelError
 from lmi.train import load_checkpoint, lipschitz_margin_loss, train
 
 F64 = torch.float64
@@ -188,8 +188,36 @@ def test_channel_maxmin_is_a_pairwise_sort_with_orthogonal_jacobian(grouping):
     np.testing.assert_allclose(sv, 1.0, atol=1e-12)  # a permutation: 1-Lipschitz, gradient-norm preserving
 
 
+@pytest.mark.parametrize("spatial_dims", [1, 2])
 @pytest.mark.parametrize("grouping", ["consecutive", "split"])
-def test_channel_maxmin_export_is_equal_and_lipsdp_certifies_one(grouping, torch_single_thread):
+def test_channel_maxmin_flat_export_is_exact_and_lipsdp_certifies_one(grouping, spatial_dims, torch_single_thread):
+    """With the map's size, the export is lipsdp's MaxMin on the flattened map: equal, and certified 1 exactly."""
+    torch.manual_seed(1)
+    size = (5, 6)[:spatial_dims]
+    block = ChannelMaxMin(grouping=grouping, spatial_dims=spatial_dims, channels=4, spatial_size=size)
+    plain = block.to_plain(dtype=F64)
+    assert any(isinstance(m, MaxMin) for m in plain) and not any(isinstance(m, lipsdp.nn.Residual) for m in plain)
+    x = torch.randn(7, 4, *size, dtype=F64)
+    assert torch.equal(plain(x), block(x))  # the same max and min, 0/1 permutations: no rounding at all
+    conv = (nn.Conv1d if spatial_dims == 1 else nn.Conv2d)(4, 4, 1, bias=False, dtype=F64)
+    with torch.no_grad():  # a layer that fixes the input width for lipsdp: the identity, norm 1
+        conv.weight.copy_(torch.eye(4, dtype=F64).reshape(conv.weight.shape))
+    net = nn.Sequential(conv, *plain)
+    bound = float(lipsdp.estimate(net, method="naive", input_shape=(4, *size)))
+    assert 1.0 - 1e-12 <= bound <= 1.0 + 1e-12  # MaxMin counts 1 and the permutations have norm 1
+    assert float(lipsdp.estimate(net, input_shape=(4, *size))) <= TOL
+    with pytest.raises(ShapeMismatchError, match="size"):
+        block(torch.randn(2, 4, *(s + 1 for s in size), dtype=F64))
+    with pytest.raises(lipsdp.errors.ShapeMismatchError, match="unflattens"):  # lipsdp checks the sizes it is told
+        lipsdp.Network.from_torch(nn.Sequential(conv, nn.Flatten(), nn.Unflatten(1, (2, *size))),
+                                  input_shape=(4, *size))
+    with pytest.raises(InvalidArgumentError, match="spatial_size"):
+        ChannelMaxMin(spatial_dims=spatial_dims, spatial_size=(2, 2, 2))
+
+
+@pytest.mark.parametrize("grouping", ["consecutive", "split"])
+def test_channel_maxmin_residual_export_without_a_size_is_equal_and_certified(grouping, torch_single_thread):
+    """Without the map's size, the residual form: equal up to rounding, certified with a proof margin."""
     torch.manual_seed(1)
     block = ChannelMaxMin(grouping=grouping, channels=4)
     plain = block.to_plain(dtype=F64)
@@ -199,9 +227,11 @@ def test_channel_maxmin_export_is_equal_and_lipsdp_certifies_one(grouping, torch
     assert net.input_dim == net.output_dim == 100 and isinstance(net.layers[0], lipsdp.Residual)
     bound = float(lipsdp.estimate(plain, input_shape=(4, 5, 5)))
     assert 1.0 - 1e-9 <= bound <= TOL
+    flat = block.to_plain(dtype=F64, spatial_size=(5, 5))  # the size given to the export instead
+    assert torch.equal(flat(x), block(x))
 
 
-def test_lipsdp_refuses_maxmin_on_feature_maps_which_is_why_the_export_is_residual():
+def test_lipsdp_refuses_maxmin_on_feature_maps_which_is_why_the_export_flattens():
     model = nn.Sequential(nn.Conv2d(2, 2, 1), MaxMin())
     with pytest.raises(UnsupportedLayerError, match="feature map"):
         lipsdp.Network.from_torch(model, input_shape=(2, 3, 3))
@@ -407,6 +437,65 @@ def test_body_lipschitz_bound_and_split_head():
     model = nn.Sequential(nn.Flatten(), LLNHead(4, 3))
     body, head = C.split_head(model)
     assert head is model[1] and len(body) == 1
+
+
+def test_split_head_reads_nested_sequentials_and_exported_lmi_layers():
+    """Any last module computing x -> W x + b is a head; the per-pair constants use its very W."""
+    from lmi.cnn import LipschitzLinear
+
+    torch.manual_seed(9)
+    lin = nn.Linear(6, 3).double()
+    nested = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Tanh(), nn.Sequential(lin)))
+    body, head = C.split_head(nested)
+    assert head is lin and [type(m) for m in body] == [nn.Flatten, nn.Tanh]
+    x = torch.randn(5, 2, 3, dtype=F64)
+    torch.testing.assert_close(head(body(x)), nested(x), rtol=0, atol=0)
+    dense = LipschitzLinear(6, 3, kind="cayley", gamma=2.0, dtype=F64)  # an lmi dense layer without activation
+    model = nn.Sequential(nn.Flatten(), nn.ReLU(), dense)
+    body, head = C.split_head(model)
+    assert head is dense
+    W = C._head_weight(head)
+    torch.testing.assert_close(W, dense.weight.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(nn.functional.linear(body(x), W, dense.bias), model(x), rtol=0, atol=1e-14)
+    acc = C.certified_accuracy(model, x, torch.zeros(5, dtype=torch.long), [0.0, 0.1], per_pair=True)
+    explicit = C.certified_accuracy(model, x, torch.zeros(5, dtype=torch.long), [0.0, 0.1], per_pair=True,
+                                    head=W, body_lipschitz=1.0)
+    np.testing.assert_array_equal(acc, explicit)
+    exported = nn.Sequential(nn.Flatten(), *dense.to_plain())  # the exported layer: a Sequential ending in Linear
+    assert isinstance(C.split_head(exported)[1], nn.Linear)
+    with pytest.raises(UnsupportedModelError, match="ends in a LipschitzLinear"):  # an activation: not linear
+        C.split_head(nn.Sequential(nn.Flatten(), LipschitzLinear(6, 3, activation="relu", dtype=F64)))
+    with pytest.raises(UnsupportedModelError, match="ends in a Conv2d"):
+        C.split_head(nn.Sequential(nn.Conv2d(1, 1, 1)))
+    with pytest.raises(UnsupportedModelError, match="head is a Tanh"):
+        C.split_head(_body_head(nn.Tanh()))
+
+
+def _body_head(head: nn.Module) -> nn.Module:
+    """A model with ``.body`` and ``.head`` attributes."""
+    model = nn.Module()
+    model.body, model.head = nn.Flatten(), head
+    return model
+
+
+def test_empirical_lipschitz_on_images_is_a_lower_bound_of_gamma():
+    """Image-shaped inputs (N, C, H, W): quotients of a conv model stay <= gamma, and a known answer is found."""
+    conv = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Flatten()).double()
+    with torch.no_grad():
+        conv[0].weight.fill_(3.0)  # the map x -> 3x: every quotient is 3
+    assert C.empirical_lipschitz(conv, X=torch.randn(3, 1, 4, 5, dtype=F64), steps=3) == pytest.approx(3.0, rel=1e-12)
+    import lmi
+
+    for p, gamma in (("sandwich", 0.5), ("cayley", 2.0)):
+        torch.manual_seed(10)
+        model = lmi.lipschitz_cnn((1, 8, 8), 10, p, gamma=gamma, channels=(4, 8), hidden=16, dtype=F64)
+        with torch.no_grad():
+            for q in model.parameters():
+                q.add_(0.3 * torch.randn_like(q))
+        lower = C.empirical_lipschitz(model, n_starts=6, steps=20)  # starts of model.input_shape
+        assert 0.05 * gamma < lower <= gamma * (1 + 1e-9), (p, lower)
+    with pytest.raises(InvalidArgumentError, match="input_shape"):
+        C.empirical_lipschitz(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten()))
 
 
 def test_lln_classifier_per_pair_certificates_hold_under_attack():

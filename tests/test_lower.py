@@ -82,7 +82,7 @@ def test_one_linear_layer_gives_the_spectral_norm():
 
 
 def test_math_counterexample_net():
-    """MATH §1: a linear region of this 2-3-1 ReLU net has Jacobian norm 1.804."""
+    """docs/formulations.md §1: a linear region of this 2-3-1 ReLU net has Jacobian norm 1.804."""
     w1 = [[0.5614, 0.2222], [0.3716, 1.3489], [0.4522, 1.3218]]
     b1 = [-0.6138, -0.5221, -0.1218]
     w2 = [[0.1637, -0.6522, 1.2441]]

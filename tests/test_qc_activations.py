@@ -1,4 +1,4 @@
-"""GroupSort / MaxMin / Householder QCs (MATH §5): soundness, closed forms, anchors, bad input."""
+"""GroupSort / MaxMin / Householder QCs (docs/formulations.md §5): soundness, closed forms, anchors, bad input."""
 
 from __future__ import annotations
 

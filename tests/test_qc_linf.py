@@ -1,4 +1,4 @@
-"""ℓ∞ bounds per output row (MATH §6): closed form, options, soundness, API."""
+"""ℓ∞ bounds per output row (docs/formulations.md §6): closed form, options, soundness, API."""
 
 from __future__ import annotations
 

@@ -4,10 +4,10 @@
 ``lipsdp-layer``     LipSDP with one multiplier per activation layer;
 ``lipsdp-neuron``    LipSDP with one multiplier per neuron (``split=k``: chunks of k layers;
                      ``cross_terms="exact"``: GroupSort/Householder QCs on the invariant subspace);
-``lipsdp-neuron-layerwise``  the same SDP in the layer-wise (chordal) form of MATH §2;
-``eclipse-fast``     ECLipsE-Fast's greedy closed-form feasible point of MATH §2.
+``lipsdp-neuron-layerwise``  LipSDP-Neuron of a chain as its one block-tridiagonal (chordal) LMI (docs/formulations.md §2);
+``eclipse-fast``     ECLipsE-Fast's greedy closed-form feasible point of docs/formulations.md §2.
 
-Every SDP-based value passes :func:`lipsdp.certify.certify` on the *original*
+Every SDP-based value passes :func:`lipsdp.certificate.certify` on the *original*
 network (multipliers of the reduced problem are mapped back exactly; the
 network is first rescaled exactly by powers of two, :func:`power_of_two_rescaling`,
 so weights near float64's limits neither underflow nor overflow), so the
@@ -19,74 +19,30 @@ never rounded to 0 or inf.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import scipy.linalg as la
 
 from . import formulations as fm
-from .certify import certify, extreme_eigenvalue, spectral_norm_bound
-from .decompose import rho_reaches_every_block
+from .banded_certificate import banded_form
+from .bound import LipschitzBound
+from .certificate import certify, extreme_eigenvalue, spectral_norm_bound
+from .decompose import rho_reaches_every_block, split_decoupled_blocks
 from .errors import CertificationError, NotApplicableError, NumericalRangeError, UnknownMethodError
 from .graph import build_graph
 from .network import ActivationLayer, Affine, Implicit, Network, Residual, is_operator, max_abs_entry
 from .operators import max_row_abs_sum_bound
 from .pooling import MaxPool
-from .runtime import blas_threads, heap_reuse, threads_for_size
+from .rounding import UNIT_ROUNDOFF
+from .runtime import blas_threads, threads_for_size
 from .scaled import Scaled, from_float, one_plus, shifted, times
-from .solvers import solve
+from .sdp import SDP
+from .solver_registry import solve
 
 
 MARGIN_RETRY = 1e-8  # relative margin ε of the re-solve when a degenerate optimum cannot be certified
-
-
-@dataclass
-class LipschitzBound:
-    """A certified upper bound on a Lipschitz constant.
-
-    Attributes
-    ----------
-    value
-        The certified bound (``float(bound)`` returns it).
-    raw_value
-        What the solver (or closed form) reported before certification.
-    method, solver, status
-        How it was obtained; ``status`` is ``"optimal"``, ``"closed-form"`` or ``"feasible"``
-        (a first-order answer, certified like any other).
-    solve_time
-        Wall-clock seconds for the whole estimate (reductions, solve, certification).
-    certificate_margin
-        Smallest eigenvalue of the LMI at the certified multipliers (NaN when
-        not computed, e.g. for the naive bound).
-    norm
-        2 or ``inf``.
-    details
-        Method-specific extras (inflation needed by the repair, sizes, ...).
-    assumptions
-        What the bound assumed about the model beyond the network it was given
-        (e.g. the activation a state-dict file was read with); empty when nothing.
-    """
-
-    value: float
-    raw_value: float
-    method: str
-    solver: str
-    status: str
-    solve_time: float
-    certificate_margin: float = float("nan")
-    norm: float = 2
-    details: dict = field(default_factory=dict)
-    assumptions: tuple = ()
-
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def __repr__(self) -> str:
-        return (
-            f"LipschitzBound({self.value:.6g}, method={self.method!r}, solver={self.solver!r}, "
-            f"status={self.status!r}, time={self.solve_time:.3g}s, margin={self.certificate_margin:.3g})"
-        )
 
 
 @dataclass(frozen=True)
@@ -160,7 +116,7 @@ def method_spec(name: str) -> MethodSpec:
 
 # ------------------------------------------------------------------------------- naive
 def _layer_norm(w, norm) -> Scaled:
-    """Certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certify.spectral_norm_bound`) or of the induced ∞-norm.
+    """Certified upper bound of ``‖W‖₂`` (:func:`lipsdp.certificate.spectral_norm_bound`) or of the induced ∞-norm.
 
     A structured operator (a convolution) certifies its own norms without a matrix
     (:meth:`lipsdp.operators.LinearOperator.norm_bound`, docs/cnn.md).
@@ -227,12 +183,14 @@ def _weight_scales(layers) -> str:
 def _naive(net: Network, *, norm=2, solver=None, reduce=True, **options) -> LipschitzBound:
     start = time.perf_counter()
     value = naive_bound(net.layers, norm)  # every factor certified, every product rounded up
-    return LipschitzBound(value, value, "naive", "none", "closed-form", time.perf_counter() - start, norm=norm)
+    return LipschitzBound(value=value, raw_value=value, method="naive", solver="none", status="closed-form",
+                          solve_time=time.perf_counter() - start, norm=norm)
 
 
 # ------------------------------------------------------------------------------- SDP pipeline
 def _zero_bound(method: str, start: float, norm) -> LipschitzBound:
-    return LipschitzBound(0.0, 0.0, method, "none", "closed-form", time.perf_counter() - start, 0.0, norm)
+    return LipschitzBound(value=0.0, raw_value=0.0, method=method, solver="none", status="closed-form",
+                          solve_time=time.perf_counter() - start, certificate_margin=0.0, norm=norm)
 
 
 def has_zero_layer(net: Network) -> bool:
@@ -241,7 +199,7 @@ def has_zero_layer(net: Network) -> bool:
 
 
 def solve_and_certify(net: Network, method: str, build_reduced, build_original, *, solver=None, reduce=True,
-                      closed_form=None, transfer=None, **options) -> LipschitzBound:
+                      closed_form=None, transfer=None, norm=2, **options) -> LipschitzBound:
     """Shared pipeline: rescale → reduce → build → solve (or closed form) → map back → certify.
 
     A feed-forward chain is first rescaled exactly by powers of two
@@ -263,14 +221,18 @@ def solve_and_certify(net: Network, method: str, build_reduced, build_original, 
     transfer
         Optional ``(y, reduced SDP, original SDP) -> y'`` when the certificate is
         checked on a different (equivalent) formulation than the one solved.
+    norm
+        2 for the ℓ2 programs (bound ``√ρ``), ``inf`` for an ℓ∞ row program of
+        :mod:`lipsdp.linf` (bound ``ρ``); it decides how the multipliers of the
+        normalised chain are lifted back (:meth:`~lipsdp.formulations.Normalisation.lift_multipliers`).
     """
     start = time.perf_counter()
     if has_zero_layer(net):
-        return _zero_bound(method, start, 2)
-    # reductions, solve and certification of a small LMI run single-threaded and on reused heap memory
-    with blas_threads(threads_for_size(_size_hint(net))), heap_reuse():
+        return _zero_bound(method, start, norm)
+    # small LMIs run BLAS single-threaded (restored on exit: the pool's previous limits come back)
+    with blas_threads(threads_for_size(_size_hint(net))):
         return _solve_and_certify(net, method, build_reduced, build_original, start, solver=solver, reduce=reduce,
-                                  closed_form=closed_form, transfer=transfer, **options)
+                                  closed_form=closed_form, transfer=transfer, norm=norm, **options)
 
 
 def _size_hint(net: Network) -> int:
@@ -289,7 +251,7 @@ def power_of_two_rescaling(net: Network) -> tuple[Network, int]:
 
     Why this is exact: multiplying by a power of two is exact in float64
     (checked: a layer whose entries would leave the range is refused), and the
-    LipSDP value is homogeneous in each weight of a chain (MATH §4,
+    LipSDP value is homogeneous in each weight of a chain (docs/formulations.md §4,
     :func:`lipsdp.formulations.normalise_chain`) and in the first and last
     layer of any network (a change of the input or output variable): the
     copy's LMI is congruent to the original's by a diagonal of powers of two,
@@ -357,14 +319,24 @@ def _log2_gain(layers) -> float:
 MAX_CLOSED_FORM_SLACK = 1e-4
 
 
-def closed_form_slacks(size: int) -> list[float]:
-    """Relative slacks tried in turn for a closed-form point on an LMI of this size.
+def closed_form_slacks(sdp: SDP) -> list[float]:
+    """Relative slacks tried in turn for a closed-form point on the LMI of ``sdp``.
 
-    The certificate's Cholesky shift is about ``n² u`` of the unit-diagonal
-    matrix (Rump's trace term), so the first slack is ``16 n² u`` (at least
-    1e-10); each retry is 100 times larger, up to :data:`MAX_CLOSED_FORM_SLACK`.
+    The certificate (:func:`lipsdp.certificate.certify`, block by decoupled block)
+    shifts the unit-diagonal matrix by about ``γ_m · N`` (Rump's trace term, ``N``
+    the block's order), with ``m = N + 1`` for a dense Cholesky and ``m = p + 2``
+    for the banded one of half-bandwidth ``p`` (:func:`lipsdp.banded_certificate.banded_form`
+    decides which a block gets).  A point built with relative slack ``s`` has a
+    margin of about ``s/2`` there, so the first slack is ``16 N m u`` (the largest
+    over the blocks, at least 1e-10); each retry is 100 times larger, up to
+    :data:`MAX_CLOSED_FORM_SLACK`.
     """
-    slack = max(1e-10, 16 * size**2 * np.finfo(float).eps / 2)
+    work = 0
+    for block in split_decoupled_blocks(sdp).blocks:
+        banded = banded_form(block)
+        inner = block.dim + 1 if banded is None else banded.bandwidth + 2
+        work = max(work, block.dim * inner)
+    slack = max(1e-10, 16 * work * UNIT_ROUNDOFF)
     out = []
     while slack < MAX_CLOSED_FORM_SLACK:
         out.append(slack)
@@ -373,7 +345,7 @@ def closed_form_slacks(size: int) -> list[float]:
 
 
 def _solve_and_certify(net: Network, method: str, build_reduced, build_original, start: float, *, solver, reduce,
-                       closed_form, transfer, **options) -> LipschitzBound:
+                       closed_form, transfer, norm, **options) -> LipschitzBound:
     """The body of :func:`solve_and_certify` (inside its thread and heap settings)."""
     original = net
     net, exponent = power_of_two_rescaling(net)
@@ -393,8 +365,8 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
             y, solver_name, status, solver_time = result.y, result.solver, result.status, result.solve_time
         raw = program.bound(float(y[program.rho]))
         if normalisation is not None:
-            y = normalisation.lift_multipliers(y, program.var_layer)
-            raw *= normalisation.product
+            y = normalisation.lift_multipliers(y, program.var_layer, norm)
+            raw *= normalisation.product  # ℓ2: √ρ scales by P; ℓ∞: ρ itself scales by P
         if transfer is not None:
             y = transfer(y, program, sdp_orig)
         return y, raw, solver_name, status, solver_time
@@ -405,10 +377,10 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
         cert, raw, solver_name, status, solver_time, extra = _certify_solution(attempt, sdp_red, sdp_orig)
     value = as_float(shifted(cert.value, exponent), f"the certified {method} bound", original.layers)
     return LipschitzBound(
-        value, float(np.ldexp(raw, exponent)), method, solver_name, status, time.perf_counter() - start,
-        cert.margin, 2,
-        {"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars, "solver_time": solver_time,
-         "power_of_two_exponent": exponent, **extra},
+        value=value, raw_value=float(np.ldexp(raw, exponent)), method=method, solver=solver_name, status=status,
+        solve_time=time.perf_counter() - start, certificate_margin=cert.margin, norm=norm,
+        details={"inflation": cert.inflation, "lmi_size": sdp_red.size, "n_vars": sdp_red.n_vars,
+                 "solver_time": solver_time, "power_of_two_exponent": exponent, **extra},
     )
 
 
@@ -446,7 +418,7 @@ def _certify_closed_form(attempt, sdp_red, sdp_orig):
     whose point certifies is used (the bound grows by about depth × slack).
     """
     failure = None
-    for slack in closed_form_slacks(sdp_orig.size):
+    for slack in closed_form_slacks(sdp_orig):
         y, raw, solver_name, status, solver_time = attempt(sdp_red, slack)
         try:
             return certify(sdp_orig, y), raw, solver_name, status, solver_time, {"closed_form_slack": slack}
@@ -469,9 +441,32 @@ def _graph_builder(granularity: str):
     return build
 
 
-def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None,
-            cross_terms=None, **options):
-    """LipSDP on any network; ``cross_terms`` (e.g. ``"exact"``) overrides the GroupSort/Householder rules' choice."""
+def run_lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None, reduce=True, split=None,
+               cross_terms=None, **options) -> LipschitzBound:
+    """LipSDP on any network, through :func:`solve_and_certify` (the ℓ∞ rows and ``split=k`` included).
+
+    Parameters
+    ----------
+    net
+        The network (dense; feed-forward, residual or implicit).
+    granularity
+        ``"neuron"`` or ``"layer"`` multipliers.
+    method
+        The name recorded in the result.
+    norm
+        2, or ``inf`` for the row programs of :func:`lipsdp.linf.lipsdp_linf`.
+    split
+        Bound chunks of ``split`` weight layers and multiply (ℓ2 only).
+    cross_terms
+        E.g. ``"exact"``: overrides the GroupSort/Householder rules' choice.
+    **options
+        The ℓ∞ row options, then the solver's.
+
+    Raises
+    ------
+    IllPosedError
+        For an implicit layer without a well-posedness certificate.
+    """
     from .wellposed import check_network_well_posed
 
     if cross_terms is not None:
@@ -492,17 +487,17 @@ def _lipsdp(net: Network, granularity: str, method: str, *, norm=2, solver=None,
 @register_method("lipsdp-neuron", "LipSDP with one multiplier per neuron (Fazlyab et al. 2019); split=k for chunks",
                  norms=(2, np.inf), options=LIPSDP_OPTIONS, multipliers="neuron")
 def _lipsdp_neuron(net: Network, *, norm=2, solver=None, reduce=True, **options):
-    return _lipsdp(net, "neuron", "lipsdp-neuron", norm=norm, solver=solver, reduce=reduce, **options)
+    return run_lipsdp(net, "neuron", "lipsdp-neuron", norm=norm, solver=solver, reduce=reduce, **options)
 
 
 @register_method("lipsdp-layer", "LipSDP with one multiplier per activation layer", norms=(2, np.inf),
                  options=LIPSDP_OPTIONS, multipliers="layer")
 def _lipsdp_layer(net: Network, *, norm=2, solver=None, reduce=True, **options):
-    return _lipsdp(net, "layer", "lipsdp-layer", norm=norm, solver=solver, reduce=reduce, **options)
+    return run_lipsdp(net, "layer", "lipsdp-layer", norm=norm, solver=solver, reduce=reduce, **options)
 
 
 def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, reduce=True, **options):
-    """Bound chunks of ``k`` weight layers separately and multiply (MATH §1, "Split")."""
+    """Bound chunks of ``k`` weight layers separately and multiply (docs/formulations.md §1, "Split")."""
     if k < 1:
         raise NotApplicableError(f"split must be a positive number of layers, got {k}")
     ws, bs, acts = net.weights, net.biases, net.activations
@@ -513,8 +508,8 @@ def _split(net: Network, granularity: str, method: str, k: int, *, solver=None, 
         if hi - lo == 1:
             parts.append(lambda chunk=chunk: _naive(chunk))
         else:
-            parts.append(lambda chunk=chunk: _lipsdp(chunk, granularity, method, solver=solver, reduce=reduce,
-                                                     **options))
+            parts.append(lambda chunk=chunk: run_lipsdp(chunk, granularity, method, solver=solver, reduce=reduce,
+                                                        **options))
         if hi < len(ws):
             joints.append(acts[hi - 1].lipschitz_constant(2))
     return composed_bound(f"{method} (split={k})", parts, joints, net.layers, 2, {"split": k})
@@ -544,9 +539,18 @@ def composed_bound(label: str, parts: list, joints: list, layers, norm, details:
             value = times(value, from_float(joints[i]))
             raw *= joints[i]
     value = as_float(value, f"the {label} bound", layers)
-    status = "feasible" if "feasible" in statuses else ("closed-form" if statuses == {"closed-form"} else "optimal")
-    return LipschitzBound(value, raw, label, "+".join(sorted(solvers_used)) or "none", status,
-                          time.perf_counter() - start, min(margins) if margins else float("nan"), norm, details)
+    return LipschitzBound(value=value, raw_value=raw, method=label, solver="+".join(sorted(solvers_used)) or "none",
+                          status=combined_status(statuses), solve_time=time.perf_counter() - start,
+                          certificate_margin=min(margins) if margins else float("nan"), norm=norm, details=details)
+
+
+def combined_status(statuses) -> str:
+    """The status of a bound assembled from parts: ``"feasible"`` if some part is only a feasible
+    point, ``"closed-form"`` if every part is (or there is none), else ``"optimal"``."""
+    statuses = set(statuses)
+    if "feasible" in statuses:
+        return "feasible"
+    return "closed-form" if statuses <= {"closed-form"} else "optimal"
 
 
 def _pooling_segments(net: Network) -> tuple[list, list]:
@@ -589,7 +593,8 @@ def split_at_pooling(spec: MethodSpec, net: Network, *, norm=2, solver=None, red
     for k, segment in enumerate(segments):
         chain = _as_chain(segment, width)
         if chain is None:
-            parts.append(lambda: LipschitzBound(1.0, 1.0, "identity", "none", "closed-form", 0.0, norm=norm))
+            parts.append(lambda: LipschitzBound(value=1.0, raw_value=1.0, method="identity", solver="none",
+                                                status="closed-form", solve_time=0.0, norm=norm))
         else:
             parts.append(lambda chain=chain: run_method(spec, chain, norm=norm, solver=solver, reduce=reduce,
                                                         **options))
@@ -600,40 +605,37 @@ def split_at_pooling(spec: MethodSpec, net: Network, *, norm=2, solver=None, red
                           {"split_at_pooling": len(pools)})
 
 
-@register_method("lipsdp-neuron-layerwise", "LipSDP-Neuron in the layer-wise (chordal) form of MATH §2",
+@register_method("lipsdp-neuron-layerwise",
+                 "LipSDP-Neuron of a feed-forward chain as its one block-tridiagonal (chordal) LMI",
                  options={2: ()}, multipliers="neuron")
 def _lipsdp_layerwise(net: Network, *, norm=2, solver=None, reduce=True, **options):
+    """LipSDP-Neuron of a chain, posed as the one LMI whose sparsity is block tridiagonal.
+
+    The layer-wise form of docs/formulations.md §2 (blocks of size n_{k−1}+n_k coupled by free
+    n_k×n_k matrices) has the same optimum as the one-block LMI, whose aggregate sparsity is
+    exactly those cliques; the coupling matrices only add variables.  So this method solves the
+    one-block program (any solver; ``solver="chordal"`` works on its cliques, :mod:`lipsdp.chordal`)
+    and is never slower than ``lipsdp-neuron`` on a chain.
+    """
     net._require_feedforward("lipsdp-neuron-layerwise")
     fixed = [k for k, (w, a) in enumerate(zip(net.weights, net.activations), start=1)
              if fm.fixed_slope_neurons(a, w.shape[0]) is not None]
     if fixed:
-        # the layer-wise blocks keep every neuron's coordinate, so a fixed-slope neuron's multiplier would be
-        # free and its optimum only approached as it tends to infinity (the one-block form eliminates it)
+        # eliminating a fixed-slope neuron (the only way to give it no free multiplier) re-coordinatises
+        # the chain, and the LMI is no longer block tridiagonal in the layers
         raise NotApplicableError(
             f"lipsdp-neuron-layerwise cannot pose neurons with a fixed slope (alpha = beta; activation layer(s) "
-            f"{fixed}); use lipsdp-neuron, which restricts the SDP to their exact linear invariant"
+            f"{fixed}) layer by layer; use lipsdp-neuron, which restricts the SDP to their exact linear invariant"
         )
-
-    def build(network: Network, reduce: bool = False):
-        return fm.lipsdp_layerwise(network, "neuron")
-
-    def transfer(y, sdp_layerwise, sdp_one_block):
-        # (ρ, Λ) of the layer-wise optimum is feasible for the one-block LMI (MATH §2 ⇔ §1):
-        # certify there, so no free Q_k has to be repaired.
-        out = np.zeros(sdp_one_block.n_vars)
-        for name, where in sdp_one_block.groups.items():
-            out[where] = y[sdp_layerwise.groups[name]]
-        return out
-
-    return solve_and_certify(net, "lipsdp-neuron-layerwise", build, _graph_builder("neuron"), solver=solver,
-                             reduce=reduce, transfer=transfer, **options)
+    build = _graph_builder("neuron")
+    return solve_and_certify(net, "lipsdp-neuron-layerwise", build, build, solver=solver, reduce=reduce, **options)
 
 
 # ------------------------------------------------------------------------------- ECLipsE-Fast
 def eclipse_fast_multipliers(net: Network, slack: float = 0.0) -> tuple[float, list[float]]:
-    """Greedy closed-form feasible point of MATH §2 with ``Λ_k = ℓ_k I`` (ECLipsE-Fast).
+    """Greedy closed-form feasible point of docs/formulations.md §2 with ``Λ_k = ℓ_k I`` (ECLipsE-Fast).
 
-    Starting from ``P₀ = (1 − s) I``, each step keeps the layer block of MATH §2,
+    Starting from ``P₀ = (1 − s) I``, each step keeps the layer block of docs/formulations.md §2,
     ``[[P_{k−1} + 2ℓ Wᵀ A W, −ℓ Wᵀ S], [−ℓ S W, 2ℓ I − R_k]]``, PSD by taking
     ``R_k`` as its Schur complement,
 

@@ -265,6 +265,10 @@ from .firstorder import register as _register_firstorder  # noqa: E402  (automat
 
 _register_firstorder()
 
+from .chordal import register as _register_chordal  # noqa: E402  (block-tridiagonal chains; named explicitly)
+
+_register_chordal()
+
 
 # --------------------------------------------------------------------------- choice
 def _automatic_candidates(sdp: SDP | None):

@@ -1,4 +1,4 @@
-"""Turn a solver's (approximate) multipliers into a certified bound (MATH §3).
+"""Turn a solver's (approximate) multipliers into a certified bound (docs/formulations.md §3).
 
 The LMI is re-assembled in float64 at the returned multipliers; each block
 ``F_b(y)`` must be *provably* positive semidefinite.  The proof is a
@@ -9,12 +9,18 @@ computed matrix and ``δ`` covers
   γ_k = k u / (1 − k u), bounded in spectral norm by the Frobenius norm),
 * the absolute error that gradual underflow may add to each entry
   (:func:`underflow_per_entry`; it matters only when the whole matrix is
-  near the underflow range, which :func:`lipsdp.methods.power_of_two_rescaling`
+  near the underflow range, which :func:`lipsdp.bound_methods.power_of_two_rescaling`
   avoids by rescaling the network exactly), and
 * the backward error of Cholesky (Rump, "Verification of positive
   definiteness", BIT 46, 2006: success on ``F̃ − c I`` with
   ``c ≥ γ_{n+1}/(1 − γ_{n+1}) · tr F̃`` proves ``F̃ ⪰ 0``), plus a slack for
   its own underflow term.
+
+A block whose aggregate sparsity pattern is a narrow band (a deep chain's
+block-tridiagonal LMI) is assembled and factorised in band storage instead
+(:mod:`lipsdp.banded_certificate`: the same proof with ``γ_{p+2}`` for
+half-bandwidth ``p`` in place of ``γ_{n+1}``, a clique-by-clique argument;
+``docs/certificates.md``), so memory and time grow linearly with depth.
 
 A block whose aggregate sparsity pattern splits into decoupled components
 (:mod:`lipsdp.decompose`) is checked component by component: ``F`` is their
@@ -36,24 +42,18 @@ The same Cholesky proof gives certified spectral norms without an SVD
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
 
+from .banded_certificate import banded_form, is_provably_psd_banded, smallest_eigenvalue_banded
 from .errors import CertificationError
 from .decompose import block_uses, split_decoupled_blocks
+from .rounding import ETA as _ETA, UNIT_ROUNDOFF, gamma as _gamma, rump_shift, scaled_assembly_error
 from .runtime import blas_threads, threads_for_size
 from .sdp import SDP
-
-UNIT_ROUNDOFF = np.finfo(float).eps / 2
-_ETA = float(np.nextafter(0.0, 1.0))  # smallest positive subnormal: the absolute error unit of underflow
-
-
-def _gamma(k: int) -> float:
-    ku = k * UNIT_ROUNDOFF
-    return ku / (1 - ku)
 
 
 @dataclass(frozen=True)
@@ -82,22 +82,10 @@ class Certificate:
     inflation: float
 
 
-def rounding_shift(f: np.ndarray, f_abs: np.ndarray, max_rank: int) -> float:
-    """The shift δ such that a successful Cholesky of ``f − δI`` proves ``F ⪰ 0``."""
-    return cholesky_shift(f, _gamma(max_rank + 4) * float(np.linalg.norm(f_abs, "fro")))
-
-
 def cholesky_shift(f: np.ndarray, assembly_error: float) -> float:
-    """The shift δ such that a successful Cholesky of ``f − δI`` proves ``F ⪰ 0`` for every
-    symmetric ``F`` with ``‖F − f‖₂ ≤ assembly_error`` (Rump 2006; see the module docstring).
-
-    The last term covers underflow inside the Cholesky factorisation itself
-    (generously: Rump's is ``4(2n + 2 + max f_ii)·η`` with η the smallest subnormal).
-    """
-    n = f.shape[0]
-    trace = max(float(np.trace(f)), 0.0) + n * assembly_error
-    cholesky = _gamma(n + 1) / (1 - _gamma(n + 1)) * trace
-    return 1.01 * (assembly_error + cholesky) + n * np.finfo(float).tiny / UNIT_ROUNDOFF
+    """The shift δ such that a successful dense Cholesky of ``f − δI`` proves ``F ⪰ 0`` for every
+    symmetric ``F`` with ``‖F − f‖₂ ≤ assembly_error`` (:func:`lipsdp.rounding.rump_shift` with ``m = n + 1``)."""
+    return rump_shift(f.shape[0], float(np.trace(f)), assembly_error)
 
 
 def is_certified_psd(f: np.ndarray, shift: float) -> bool:
@@ -146,10 +134,8 @@ def is_provably_psd(f: np.ndarray, f_abs: np.ndarray, max_rank: int, underflow: 
         return False
     # the scaling's own rounding (three operations per entry) is charged to the assembly error
     abs_scaled = f_abs * inv[:, None] * inv[None, :] + 4 * UNIT_ROUNDOFF * np.abs(f_scaled)
-    n = diag.size
-    # underflow: ≤ underflow/(√f_ii √f_jj) per entry before scaling, ≤ 3η more from the scaling itself
-    underflow_scaled = n * (underflow / float(np.min(diag)) + 3 * _ETA)
-    assembly = _gamma(max_rank + 7) * float(np.linalg.norm(abs_scaled, "fro")) + underflow_scaled
+    assembly = scaled_assembly_error(float(np.linalg.norm(abs_scaled, "fro")), diag.size, max_rank, underflow,
+                                     float(np.min(diag)))
     return is_certified_psd(f_scaled, cholesky_shift(f_scaled, assembly))
 
 
@@ -170,11 +156,68 @@ def underflow_per_entry(block) -> float:
     return total * _ETA
 
 
-class _RhoLine:
-    """``F_b(y + (ρ − y_ρ) e_ρ)`` for every block, as ``base + ρ·slope`` (assembled once).
+class _DenseLine:
+    """One block's ``F(y + (ρ − y_ρ) e_ρ) = base + ρ·slope``, assembled once as dense matrices.
 
     ``F`` is affine in ``y``, and so is the entrywise error bound ``|F⁰| + Σ|G|ᵀ|Q(y)||G|``
-    in ``|y|`` (ρ ≥ 0), so each trial ρ costs one axpy and one Cholesky.
+    in ``|y|`` (ρ ≥ 0), so each trial ρ costs one axpy and one Cholesky.  ``slope`` is
+    None for a block that ρ does not reach.
+    """
+
+    def __init__(self, block, y0: np.ndarray, unit: np.ndarray | None):
+        self.rank = block.max_rank() + 2  # + the axpy's own rounding
+        self.underflow = underflow_per_entry(block)
+        self.base, self.base_abs = block.evaluate(y0), block.evaluate_abs(y0)
+        self.slope = self.slope_abs = None
+        if unit is not None:
+            # the slope is assembled without F⁰ (not as F(unit) − F⁰, whose cancellation would add an
+            # unaccounted rounding error of order u·|F⁰| wherever F⁰ and the ρ term overlap)
+            terms_only = replace(block, constant=np.zeros((block.dim, block.dim)))
+            self.slope, self.slope_abs = terms_only.evaluate(unit), terms_only.evaluate_abs(unit)
+
+    def _at(self, rho: float):
+        if self.slope is None:
+            return self.base, self.base_abs
+        return self.base + rho * self.slope, self.base_abs + rho * self.slope_abs
+
+    def passes(self, rho: float) -> bool:
+        return is_provably_psd(*self._at(rho), self.rank, self.underflow)
+
+    def smallest_eigenvalue(self, rho: float, dense_ok: bool = True) -> float:
+        """λ_min at ``rho`` (the reported margin); NaN when ``dense_ok`` is False (too large to be worth it)."""
+        return extreme_eigenvalue(self._at(rho)[0]) if dense_ok else float("nan")
+
+
+class _BandedLine(_DenseLine):
+    """The same line in band storage (:class:`lipsdp.banded_certificate.BandedBlock`): ``O(N p)`` memory."""
+
+    def __init__(self, block, banded, y0: np.ndarray, unit: np.ndarray | None):
+        self.rank = block.max_rank() + 2
+        self.underflow = underflow_per_entry(block)
+        self.base, self.base_abs = banded.evaluate(y0), banded.evaluate(y0, absolute=True)
+        self.slope = self.slope_abs = None
+        if unit is not None:
+            self.slope = banded.evaluate(unit, constant=False)
+            self.slope_abs = banded.evaluate(unit, absolute=True, constant=False)
+
+    def passes(self, rho: float) -> bool:
+        return is_provably_psd_banded(*self._at(rho), self.rank, self.underflow)
+
+    def smallest_eigenvalue(self, rho: float, dense_ok: bool = True) -> float:
+        return smallest_eigenvalue_banded(self._at(rho)[0])  # O(N p) per Lanczos step: at any size
+
+
+def block_line(block, y0: np.ndarray, unit: np.ndarray | None) -> _DenseLine:
+    """The ρ-line of one block, in band storage when its pattern is a narrow band
+    (:func:`lipsdp.banded_certificate.banded_form`), else dense."""
+    banded = banded_form(block)
+    return _DenseLine(block, y0, unit) if banded is None else _BandedLine(block, banded, y0, unit)
+
+
+class _RhoLine:
+    """``F_b(y + (ρ − y_ρ) e_ρ)`` for every block, each assembled once (:func:`block_line`).
+
+    Blocks that ρ does not reach are checked once, at construction (``fixed_ok``).
     """
 
     def __init__(self, sdp: SDP, y: np.ndarray):
@@ -184,26 +227,23 @@ class _RhoLine:
         unit[sdp.rho] = 1.0
         self.parts, self.fixed = [], []
         for block in sdp.blocks:
-            underflow = underflow_per_entry(block)
-            if not block_uses(block, sdp.rho):  # ρ does not reach this block: one check decides it for every ρ
-                self.fixed.append((block.evaluate(y0), None, block.evaluate_abs(y0), None, block.max_rank() + 2,
-                                   underflow))
-                continue
-            const = 0.5 * (block.constant + block.constant.T)
-            self.parts.append((
-                block.evaluate(y0), block.evaluate(unit) - const,
-                block.evaluate_abs(y0), block.evaluate_abs(unit) - np.abs(block.constant),
-                block.max_rank() + 2,  # + the axpy's own rounding
-                underflow,
-            ))
-        self.fixed_ok = all(is_provably_psd(f0, a0, rank, under) for f0, _, a0, _, rank, under in self.fixed)
+            if block_uses(block, sdp.rho):
+                self.parts.append(block_line(block, y0, unit))
+            else:  # ρ does not reach this block: one check decides it for every ρ
+                self.fixed.append(block_line(block, y0, None))
+        self.fixed_ok = all(line.passes(0.0) for line in self.fixed)
 
     def passes(self, rho: float) -> bool:
-        return self.fixed_ok and all(is_provably_psd(f0 + rho * f1, a0 + rho * a1, rank, under)
-                                     for f0, f1, a0, a1, rank, under in self.parts)
+        return self.fixed_ok and all(line.passes(rho) for line in self.parts)
 
-    def smallest_eigenvalue(self, rho: float) -> float:
-        return min(extreme_eigenvalue(f0 if f1 is None else f0 + rho * f1) for f0, f1, _, _, _, _ in self.parts + self.fixed)
+    def smallest_eigenvalue(self, rho: float, dense_ok: bool = True) -> float:
+        """The smallest eigenvalue over the blocks (NaN if any block's is not computed)."""
+        values = [line.smallest_eigenvalue(rho, dense_ok) for line in self.parts + self.fixed]
+        return float("nan") if np.any(np.isnan(values)) else min(values)
+
+
+#: the margin of dense blocks is computed (a dense eigenvalue problem) up to this total LMI size
+DENSE_MARGIN_MAX_SIZE = 6000
 
 
 def _rounded_up(value: float) -> float:
@@ -272,7 +312,7 @@ def certify(sdp: SDP, y: np.ndarray, *, max_inflation: float = 1e-3, tol: float 
                 bad = mid
     y_cert = y.copy()
     y_cert[sdp.rho] = good
-    margin = line.smallest_eigenvalue(good) if sdp.size <= 6000 else float("nan")
+    margin = line.smallest_eigenvalue(good, dense_ok=sdp.size <= DENSE_MARGIN_MAX_SIZE)
     return Certificate(
         y=y_cert,
         rho=good,
