@@ -332,7 +332,7 @@ def compare(model: Any, methods: Sequence[str] | str | None = None, norm=2, solv
     """Run several methods on one model and tabulate them.
 
     ``"lower"`` (gradient-ascent lower bound; for ``norm="inf"`` the ℓ∞
-    finite-difference bound :func:`lipsdp.linf.linf_lower_bound`) and ``"exact"``
+    gradient bound :func:`lipsdp.linf.linf_lower_bound`) and ``"exact"``
     (the exact ℓ2 constant of small piecewise-linear nets by enumerating their
     linear regions, :func:`lipsdp.lower.exact_pattern_bound`; skipped for
     ``norm="inf"``) may be listed among the methods.  ``methods`` may be one

@@ -84,3 +84,21 @@ def test_linf_anchor_first_row():
     b = lipsdp.estimate(net, norm="inf", output_row=0)
     naive = lipsdp.estimate(net, method="naive", norm="inf").value
     assert linf_lower_bound(net, output_row=0) <= b.value <= naive
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_linf_lower_bound_never_exceeds_the_exact_constant_of_a_monotone_net(seed):
+    """Non-negative weights and hardsigmoid (slope 1/6 on [-3, 3]): the ℓ∞ constant is exactly
+    ‖(1/6)^k W_l ⋯ W_1‖₁ when every pre-activation can sit in the linear piece.  The net's output
+    is about 0.5 while its constant is ~1e-7, the regime where a difference quotient's cancellation
+    error exceeds the gap to the constant (fuzz seed 34021 found such a "lower bound" above it)."""
+    rng = np.random.default_rng(900 + seed)
+    widths = [3, 4, 4, 1]
+    weights = [0.05 * rng.uniform(size=(widths[k + 1], widths[k])) for k in range(len(widths) - 1)]
+    net = lipsdp.Network.from_weights(weights, None, "hardsigmoid")
+    product = weights[0]
+    for w in weights[1:]:
+        product = w @ (product / 6.0)
+    exact = float(np.sum(np.abs(product)))
+    assert linf_lower_bound(net) <= exact * (1 + 1e-12)
+    assert linf_lower_bound(net) >= exact * (1 - 1e-9)  # the points near 0 are in the linear pieces
