@@ -538,3 +538,26 @@ def test_a_failed_single_precision_factorisation_continues_in_double(monkeypatch
     res = ipm_solve(sdp, tol=1e-8, single_until=1e-3)
     assert failed
     assert abs(res.dual_objective - reference.dual_objective) <= 1e-7 * abs(reference.dual_objective)
+
+
+@pytest.mark.parametrize("a1, a2", [(0.0, 1.0), (-2.0, 3.5), (1.0, -1.0)])
+def test_several_blocks_sharing_a_free_multiplier(a1, a2):
+    """min t s.t. [[t, x − a_b], [x − a_b, 1]] ⪰ 0 for b = 1, 2 (x free): t* = ((a1 − a2)/2)², x* = (a1 + a2)/2.
+
+    Two LMI blocks coupled only through the free x, whose off-diagonal coefficient enters as the
+    difference of two rank-one terms, ``x(e₁e₂ᵀ + e₂e₁ᵀ) = x/2 [(e₁+e₂)(e₁+e₂)ᵀ − (e₁−e₂)(e₁−e₂)ᵀ]``.
+    """
+    s = np.sqrt(0.5)
+    blocks = []
+    for a in (a1, a2):
+        terms = (QuadTerm(selector(1, 2, 0), identity_basis(1), np.array([0]), +1.0),
+                 QuadTerm(sp.csr_matrix([[s, s]]), identity_basis(1), np.array([1]), +1.0),
+                 QuadTerm(sp.csr_matrix([[s, -s]]), identity_basis(1), np.array([1]), -1.0))
+        blocks.append(LMIBlock(2, np.array([[0.0, -a], [-a, 1.0]]), terms))
+    sdp = SDP(2, np.array([1.0, 0.0]), blocks, np.array([True, False]), 0, np.sqrt)
+    result = solve_with_ipm(sdp, tol=1e-9)
+    t_opt, x_opt = ((a1 - a2) / 2) ** 2, (a1 + a2) / 2
+    assert abs(result.objective - t_opt) <= 1e-7 * max(1.0, t_opt)
+    assert abs(result.y[1] - x_opt) <= 1e-4 * max(1.0, abs(x_opt))
+    for block in blocks:
+        assert np.linalg.eigvalsh(block.evaluate(result.y))[0] >= -1e-7
