@@ -302,12 +302,21 @@ def smallest_eigenvalue_banded(ab: np.ndarray) -> float:
                                check_finite=False)[0])
 
 
-def banded_form(block: LMIBlock) -> BandedBlock | None:
-    """The block's band assembler when the band pays (size and bandwidth thresholds), else None."""
+def banded_width(block: LMIBlock, pattern: tuple | None = None) -> int | None:
+    """The half-bandwidth the certificate uses for ``block`` when the band pays (size and bandwidth
+    thresholds), else None (a dense certificate); ``pattern`` is :func:`constant_pattern` if known."""
     if block.dim < MIN_BANDED_SIZE:
         return None
-    pattern = constant_pattern(block)
     bandwidth = half_bandwidth(block, pattern)
     if bandwidth > MAX_BAND_FRACTION * block.dim or not BandedBlock.fits(block, bandwidth):
         return None
-    return BandedBlock(block, bandwidth, pattern)
+    return bandwidth
+
+
+def banded_form(block: LMIBlock) -> BandedBlock | None:
+    """The block's band assembler when the band pays (:func:`banded_width`), else None."""
+    if block.dim < MIN_BANDED_SIZE:
+        return None
+    pattern = constant_pattern(block)
+    bandwidth = banded_width(block, pattern)
+    return None if bandwidth is None else BandedBlock(block, bandwidth, pattern)

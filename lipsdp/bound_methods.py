@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg as la
 
 from . import formulations as fm
-from .banded_certificate import banded_form
+from .banded_certificate import banded_width
 from .bound import LipschitzBound
 from .certificate import certify, extreme_eigenvalue, spectral_norm_bound
 from .decompose import rho_reaches_every_block, split_decoupled_blocks
@@ -325,7 +325,7 @@ def closed_form_slacks(sdp: SDP) -> list[float]:
     The certificate (:func:`lipsdp.certificate.certify`, block by decoupled block)
     shifts the unit-diagonal matrix by about ``γ_m · N`` (Rump's trace term, ``N``
     the block's order), with ``m = N + 1`` for a dense Cholesky and ``m = p + 2``
-    for the banded one of half-bandwidth ``p`` (:func:`lipsdp.banded_certificate.banded_form`
+    for the banded one of half-bandwidth ``p`` (:func:`lipsdp.banded_certificate.banded_width`
     decides which a block gets).  A point built with relative slack ``s`` has a
     margin of about ``s/2`` there, so the first slack is ``16 N m u`` (the largest
     over the blocks, at least 1e-10); each retry is 100 times larger, up to
@@ -333,8 +333,8 @@ def closed_form_slacks(sdp: SDP) -> list[float]:
     """
     work = 0
     for block in split_decoupled_blocks(sdp).blocks:
-        banded = banded_form(block)
-        inner = block.dim + 1 if banded is None else banded.bandwidth + 2
+        bandwidth = banded_width(block)
+        inner = block.dim + 1 if bandwidth is None else bandwidth + 2
         work = max(work, block.dim * inner)
     slack = max(1e-10, 16 * work * UNIT_ROUNDOFF)
     out = []
