@@ -353,8 +353,20 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
     work = net
     if reduce and net.is_feedforward:
         work, normalisation = fm.normalise_chain(net)
+        if closed_form is None and norm == 2:
+            work, normalisation = _balanced_chain(work, normalisation)
     sdp_red = build_reduced(work, reduce)
     sdp_orig = build_original(net)
+
+    def to_original(y, program):
+        """Multipliers of ``program`` (on ``work``) → those of ``sdp_orig``, and the bound they claim."""
+        raw = program.bound(float(y[program.rho]))
+        if normalisation is not None:
+            y = normalisation.lift_multipliers(y, program.var_layer, norm)
+            raw *= normalisation.product  # ℓ2: √ρ scales by P; ℓ∞: ρ itself scales by P
+        if transfer is not None:
+            y = transfer(y, program, sdp_orig)
+        return y, raw
 
     def attempt(program, slack: float = 0.0):
         if closed_form is not None:
@@ -363,18 +375,23 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
         else:
             result = solve(program, solver, **options)
             y, solver_name, status, solver_time = result.y, result.solver, result.status, result.solve_time
-        raw = program.bound(float(y[program.rho]))
-        if normalisation is not None:
-            y = normalisation.lift_multipliers(y, program.var_layer, norm)
-            raw *= normalisation.product  # ℓ2: √ρ scales by P; ℓ∞: ρ itself scales by P
-        if transfer is not None:
-            y = transfer(y, program, sdp_orig)
-        return y, raw, solver_name, status, solver_time
+        return (*to_original(y, program), solver_name, status, solver_time)
+
+    def interior_point():
+        """ECLipsE's point built with a slack (strictly feasible) on the original program, or None."""
+        if normalisation is None or norm != 2 or transfer is not None:
+            return None
+        try:
+            y = eclipse_point(work, sdp_red, INTERIOR_SLACK)
+        except (NotApplicableError, KeyError, la.LinAlgError):
+            return None
+        return to_original(y, sdp_red)[0]
 
     if closed_form is not None:
         cert, raw, solver_name, status, solver_time, extra = _certify_closed_form(attempt, sdp_red, sdp_orig)
     else:
-        cert, raw, solver_name, status, solver_time, extra = _certify_solution(attempt, sdp_red, sdp_orig)
+        cert, raw, solver_name, status, solver_time, extra = _certify_solution(attempt, sdp_red, sdp_orig,
+                                                                               interior_point)
     value = as_float(shifted(cert.value, exponent), f"the certified {method} bound", original.layers)
     return LipschitzBound(
         value=value, raw_value=float(np.ldexp(raw, exponent)), method=method, solver=solver_name, status=status,
@@ -384,28 +401,117 @@ def _solve_and_certify(net: Network, method: str, build_reduced, build_original,
     )
 
 
-def _certify_solution(attempt, sdp_red, sdp_orig):
-    """Solve, map back and certify; re-solve with ``F ⪰ εI`` when the optimum cannot be certified."""
+#: ECLipsE's multipliers (ρ included) must span more than this factor in the norm-normalised chain before
+#: the chain is balanced: below it (shallow chains) the norms already scale the program well
+BALANCE_MIN_SPREAD = 100.0
+
+
+def _balanced_chain(work: Network, normalisation: fm.Normalisation) -> tuple[Network, fm.Normalisation]:
+    """``work`` rescaled by :func:`lipsdp.formulations.balancing_factors` at ECLipsE's point (exact).
+
+    Left as it is when that point does not exist (activations without slope bounds,
+    a step without a positive definite Schur complement) or when its multipliers
+    span less than :data:`BALANCE_MIN_SPREAD`.
+    """
+    try:
+        rho, ells = eclipse_fast_multipliers(work)
+    except (NotApplicableError, la.LinAlgError):
+        return work, normalisation
+    multipliers = rho * np.r_[1.0, ells]
+    if not multipliers.max() > BALANCE_MIN_SPREAD * multipliers.min():
+        return work, normalisation
+    factors = fm.balancing_factors(rho, ells)
+    if factors is None:
+        return work, normalisation
+    return work.scaled(1.0 / factors), normalisation.rescaled(factors)
+
+
+def eclipse_point(work: Network, sdp: SDP, slack: float) -> np.ndarray:
+    """ECLipsE-Fast's point (:func:`eclipse_fast_multipliers`) as multipliers ``y`` of ``sdp`` (built on ``work``).
+
+    With ``slack > 0`` the point is strictly feasible for the one-block LMI of a chain.
+    """
+    rho, ells = eclipse_fast_multipliers(work, slack)
+    y = np.zeros(sdp.n_vars)
+    y[sdp.rho] = rho
+    for k, ell in enumerate(ells, start=1):
+        y[sdp.groups[f"qc{k}"]] = rho * ell
+    return y
+
+
+#: relative slack of the strictly feasible point that repairs an uncertifiable optimum (:func:`_certify_solution`)
+INTERIOR_SLACK = 1e-3
+#: largest relative increase of ρ by the plain repair before the blend with an interior point is tried
+TIGHT_INFLATION = 1e-7
+#: relative increases of ρ allowed to the blend, tried in turn (each a weight ``t``, :func:`_blend_with_interior`)
+INTERIOR_COSTS = (1e-10, 1e-9, 1e-8, 1e-7)
+
+
+def _blend_with_interior(sdp_orig: SDP, y: np.ndarray, interior: np.ndarray | None):
+    """The certificate of the first ``(1 − t) y + t · interior`` that certifies, with ``t``; else ``(None, 0)``.
+
+    ``F`` is affine in the multipliers, so ``F((1 − t) y + t y₁) = (1 − t) F(y) + t F(y₁)``: a
+    strictly feasible ``y₁`` lifts a slightly indefinite ``F(y)`` in every direction at
+    once, including those that raising ρ alone barely reaches (deep chains, whose ρ
+    enters only the first layer's block).  ``t`` is chosen so that ρ grows by at most
+    each of :data:`INTERIOR_COSTS` in turn (relative); a blend that would cost more is
+    not tried (the caller re-solves instead).  The result goes through the same certificate.
+    """
+    if interior is None:
+        return None, 0.0
+    rho, rho_interior = float(y[sdp_orig.rho]), float(interior[sdp_orig.rho])
+    if not (rho > 0 and np.isfinite(rho_interior)):
+        return None, 0.0
+    excess = max(rho_interior / rho - 1.0, 1.0)
+    for cost in INTERIOR_COSTS:
+        t = cost / excess
+        try:
+            return certify(sdp_orig, (1.0 - t) * y + t * interior, max_inflation=1e-9), t
+        except CertificationError:
+            continue
+    return None, 0.0
+
+
+def _certify_solution(attempt, sdp_red, sdp_orig, interior_point=lambda: None):
+    """Solve, map back and certify (:func:`_repaired`); when no repair certifies the optimum, re-solve
+    with ``F ⪰ εI`` and certify that."""
     margin = MARGIN_RETRY * max(1.0, float(np.max(np.abs(sdp_red.blocks[0].constant))))
-    margin_used = 0.0
     if not rho_reaches_every_block(sdp_red):
         # A decoupled block that ρ does not reach (MaxMin/GroupSort chains) cannot be repaired by
         # raising ρ, and a singular optimum leaves it slightly indefinite: solve with F ⪰ εI at once.
-        margin_used = margin
-    y, raw, solver_name, status, solver_time = attempt(sdp_red.with_margin(margin_used) if margin_used else sdp_red)
+        y, raw, solver_name, status, solver_time = attempt(sdp_red.with_margin(margin))
+        return certify(sdp_orig, y), raw, solver_name, status, solver_time, {"margin_retry": margin}
+    y, raw, solver_name, status, solver_time = attempt(sdp_red)
+    cert, extra = _repaired(sdp_orig, y, interior_point)
+    if cert is not None:
+        return cert, raw, solver_name, status, solver_time, {"margin_retry": 0.0, **extra}
+    # The optimum is often degenerate (F singular in directions ρ cannot reach) and the solver's
+    # rounding leaves it slightly indefinite there: re-solve with F ⪰ εI, whose answer is strictly
+    # feasible, then certify that (the value moves by O(ε) of the normalised problem).
+    y, raw, solver_name, status, solver_time2 = attempt(sdp_red.with_margin(margin))
+    return (certify(sdp_orig, y), raw, solver_name, status, solver_time + solver_time2,
+            {"margin_retry": margin})
+
+
+def _repaired(sdp_orig: SDP, y: np.ndarray, interior_point) -> tuple:
+    """``(certificate, details)`` of ``y`` by the cheapest repair that works, or ``(None, {})``.
+
+    In order of what they cost the bound: raising ρ by at most :data:`TIGHT_INFLATION`;
+    blending with a strictly feasible point (:func:`_blend_with_interior`, at most
+    ``INTERIOR_COSTS[-1]``; ``interior_point()`` is only called here); raising ρ by at
+    most ``1e-3``.
+    """
     try:
-        cert = certify(sdp_orig, y)
+        return certify(sdp_orig, y, max_inflation=TIGHT_INFLATION), {}
     except CertificationError:
-        if margin_used:
-            raise
-        # The optimum is often degenerate (F singular in directions ρ cannot reach) and the solver's
-        # rounding leaves it slightly indefinite there: re-solve with F ⪰ εI, whose answer is strictly
-        # feasible, then certify that (the value moves by O(ε) of the normalised problem).
-        margin_used = margin
-        y, raw, solver_name, status, solver_time2 = attempt(sdp_red.with_margin(margin_used))
-        solver_time += solver_time2
-        cert = certify(sdp_orig, y)
-    return cert, raw, solver_name, status, solver_time, {"margin_retry": margin_used}
+        pass
+    cert, weight = _blend_with_interior(sdp_orig, y, interior_point())
+    if cert is not None:
+        return cert, {"interior_weight": weight}
+    try:
+        return certify(sdp_orig, y), {}
+    except CertificationError:
+        return None, {}
 
 
 def _certify_closed_form(attempt, sdp_red, sdp_orig):
@@ -668,49 +774,83 @@ def eclipse_fast_multipliers(net: Network, slack: float = 0.0) -> tuple[float, l
     """
     q = (1.0 - slack) * np.eye(net.input_dim)
     ells = []
-    for w, act in zip(net.weights[:-1], net.activations):
-        bounds = act.slope_bounds(w.shape[0])
-        if bounds is None:
-            raise NotApplicableError(f"eclipse-fast needs slope-restricted activations, not {act.describe()}")
-        ell, r_next = _eclipse_step(q, w, *bounds)
-        ells.append(ell)
-        q = (1.0 - slack) * r_next
-    w_last = net.weights[-1]
-    rho = la.eigvalsh(w_last @ la.solve(q, w_last.T, assume_a="pos"))[-1]
+    # every matrix here is of a layer's width: BLAS threads only pay from threads_for_size's size up
+    with blas_threads(threads_for_size(max(max(w.shape) for w in net.weights))):
+        for w, act in zip(net.weights[:-1], net.activations):
+            bounds = act.slope_bounds(w.shape[0])
+            if bounds is None:
+                raise NotApplicableError(f"eclipse-fast needs slope-restricted activations, not {act.describe()}")
+            ell, r_next = _eclipse_step(q, w, *bounds)
+            ells.append(ell)
+            q = (1.0 - slack) * r_next
+        w_last = net.weights[-1]
+        rho = la.eigvalsh(w_last @ la.solve(q, w_last.T, assume_a="pos"))[-1]
     return float(rho), ells
 
 
 def _eclipse_step(q: np.ndarray, w: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> tuple[float, np.ndarray]:
-    """``(ℓ_k, R_k)`` of one ECLipsE-Fast step from ``P_{k−1} = q`` (see :func:`eclipse_fast_multipliers`)."""
-    from scipy.optimize import minimize_scalar
+    """``(ℓ_k, R_k)`` of one ECLipsE-Fast step from ``P_{k−1} = q`` (see :func:`eclipse_fast_multipliers`).
 
+    ``M(p) = S W p⁻¹ Wᵀ S`` is formed as ``XᵀX`` with ``X = L⁻¹ Wᵀ S`` from the Cholesky
+    factor ``p = L Lᵀ`` (symmetric by construction).  ``M(q)`` gives the closed-form start
+    ``ℓ = 1/λ_max(M(q))``, and when ``αβ = 0`` (ReLU-like slopes) the inner matrix
+    ``q + 2ℓ Wᵀ A W`` is ``q`` itself at every ``ℓ``, so ``R_k = 2ℓ I − ℓ² M(q)`` needs no
+    other factorisation.  Only ``αβ ≠ 0`` runs the scalar search (and imports scipy.optimize).
+    The step exists when ``R_k`` is positive definite (its Cholesky factorisation succeeds).
+    """
     ab, s = alpha * beta, alpha + beta
+    sw_t = (s[:, None] * w).T
+    eye = np.eye(w.shape[0])
+    no_step = NotApplicableError("eclipse-fast found no positive definite step for this network; use lipsdp-neuron")
 
-    def r_next(ell: float):
-        inner = q + 2 * ell * (w.T * ab) @ w
+    def inverse_gram(p: np.ndarray):
+        """``M(p)``, or None when ``p`` is not positive definite."""
         try:
-            chol = la.cho_factor(inner, lower=True)
+            x = la.solve_triangular(la.cholesky(p, lower=True), sw_t, lower=True)
         except la.LinAlgError:
             return None
-        sw = s[:, None] * w
-        r = 2 * ell * np.eye(w.shape[0]) - ell**2 * sw @ la.cho_solve(chol, sw.T)
+        return x.T @ x
+
+    def schur(ell: float, m: np.ndarray) -> np.ndarray:
+        r = 2 * ell * eye - ell**2 * m
         return 0.5 * (r + r.T)
 
-    def score(log_ell: float) -> float:
-        r = r_next(np.exp(log_ell))
-        return np.inf if r is None else -extreme_eigenvalue(r)
+    def r_next(ell: float):
+        m = inverse_gram(q + 2 * ell * (w.T * ab) @ w)
+        return None if m is None else schur(ell, m)
 
-    g = s[:, None] * w
-    sigma = extreme_eigenvalue(g @ la.solve(q, g.T, assume_a="pos"), largest=True)
-    ell = 1.0 / max(sigma, 1e-300)
-    if np.any(ab != 0):
+    def search(ell: float) -> float:
+        """``ℓ`` maximising ``λ_min(R(ℓ))`` from the start ``ell`` (Brent on ``log ℓ``), if it improves on it."""
+        from scipy.optimize import minimize_scalar  # a heavy import, needed by this search only
+
+        def score(log_ell: float) -> float:
+            r = r_next(np.exp(log_ell))
+            return np.inf if r is None else -extreme_eigenvalue(r)
+
         with np.errstate(invalid="ignore"):  # score is +inf where no step exists; Brent's parabola then gives NaN
             res = minimize_scalar(score, bracket=(np.log(ell) - 1, np.log(ell)), tol=1e-6)
-        if np.isfinite(res.fun) and res.fun < score(np.log(ell)):
-            ell = float(np.exp(res.x))
-    r = r_next(ell)
-    if r is None or not extreme_eigenvalue(r) > 0:
-        raise NotApplicableError("eclipse-fast found no positive definite step for this network; use lipsdp-neuron")
+        return float(np.exp(res.x)) if np.isfinite(res.fun) and res.fun < score(np.log(ell)) else ell
+
+    def positive_definite(r) -> bool:
+        if r is None or not np.all(np.isfinite(r)):
+            return False
+        try:
+            la.cholesky(r, lower=True, check_finite=False)
+        except la.LinAlgError:
+            return False
+        return True
+
+    m = inverse_gram(q)
+    if m is None:
+        raise no_step
+    ell = 1.0 / max(extreme_eigenvalue(m, largest=True), 1e-300)
+    if np.any(ab != 0):
+        ell = search(ell)
+        r = r_next(ell)
+    else:  # αβ = 0: the inner matrix is q at every ℓ
+        r = schur(ell, m)
+    if not positive_definite(r):
+        raise no_step
     return ell, r
 
 

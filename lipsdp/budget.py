@@ -4,7 +4,9 @@ Every SDP method holds dense ``d × d`` float64 matrices, where ``d`` (the LMI
 size) is the input width plus the width of every activation group (for a
 feed-forward chain ``n₀ + Σ hidden widths``; docs/formulations.md §1): the LMI constants of the
 reduced and the original program, the signal graph's lifts and, for the
-certificate, ``F``, ``|F|`` and a Cholesky factor.  The solvers add their own
+certificate, ``F``, ``|F|`` and a Cholesky factor.  (A closed form on a chain whose
+LMI the banded certificate takes holds band arrays of ``(p + 1) × d`` instead,
+:data:`BANDED_MATRICES` of them: linear in depth.)  The solvers add their own
 work on top:
 
 * ``ipm`` (:mod:`lipsdp.ipm`): X, Z, their factors, the step, the lifted
@@ -55,6 +57,9 @@ _FLOAT = 8  # bytes per float64
 FLOOR_MATRICES = 16
 #: seconds per d³ of a closed form and its certificate (a few Cholesky factorisations)
 CERTIFY_SECONDS_PER_D3 = 1e-9
+#: band-storage arrays ``(p + 1) × d`` of a closed form on a banded chain LMI, whose certificate never
+#: forms a dense d×d matrix (:mod:`lipsdp.banded_certificate`): F, |F|, the factor, the lifts' band images
+BANDED_MATRICES = 32
 
 
 def _ipm_cost(d: int, m: int) -> tuple[float, float]:
@@ -190,6 +195,23 @@ def _program_cost(d: int, m: int, back_end: str) -> tuple[float, float]:
     return _FLOAT * floor, seconds
 
 
+def _chain_half_bandwidth(n_in: int, widths: Sequence[int]) -> int:
+    """Half-bandwidth of a chain's one-block LMI in layer order: its largest consecutive pair of layers, less 1."""
+    layers = [n_in, *widths]
+    return max(a + b for a, b in zip(layers, layers[1:])) - 1 if len(layers) > 1 else n_in - 1
+
+
+def _closed_form_cost(d: int, p: int) -> tuple[float, float]:
+    """``(bytes, seconds)`` of a closed form on a chain LMI of size ``d`` and half-bandwidth ``p``: in band
+    storage when the banded certificate takes it (:func:`lipsdp.banded_certificate.banded_width`'s rule),
+    else like any dense program."""
+    from .banded_certificate import MAX_BAND_FRACTION, MIN_BANDED_SIZE
+
+    if d < MIN_BANDED_SIZE or p > MAX_BAND_FRACTION * d:
+        return _program_cost(d, 0, "")
+    return _FLOAT * BANDED_MATRICES * d * (p + 1), CERTIFY_SECONDS_PER_D3 * d * (p + 1) ** 2
+
+
 def _chunks(net: Network, split: int) -> list[tuple[int, list[int], bool]]:
     """``(input width, hidden widths, has a zero weight)`` of each multi-layer chunk of ``split`` layers."""
     ws = net.weights
@@ -232,7 +254,11 @@ def estimate_cost(net: Network, method: str, norm=2, solver: str | None = None,
     d, m = max(sizes)
     chain = norm == 2 and net.is_feedforward  # the first-order back end takes one-block ℓ2 chains (or chunks)
     back_end, label = _back_end(solver, d, m, chain) if spec.uses_solver else ("", "closed-form")
-    costs = [_program_cost(dd, mm, back_end) for dd, mm in sizes]
+    if chain and not spec.uses_solver:
+        costs = [_closed_form_cost(dd, _chain_half_bandwidth(n_in, widths))
+                 for (dd, _), (n_in, widths) in zip(sizes, programs)]
+    else:
+        costs = [_program_cost(dd, mm, back_end) for dd, mm in sizes]
     memory = max(c[0] for c in costs)
     seconds = repeats * sum(c[1] for c in costs)
     return SizeEstimate(method, label, d, m, memory, seconds)

@@ -46,14 +46,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as la
-import scipy.sparse as sp
 
 from .banded_certificate import banded_form, is_provably_psd_banded, smallest_eigenvalue_banded
 from .errors import CertificationError
 from .decompose import block_uses, split_decoupled_blocks
 from .rounding import ETA as _ETA, UNIT_ROUNDOFF, gamma as _gamma, rump_shift, scaled_assembly_error
 from .runtime import blas_threads, threads_for_size
-from .sdp import SDP
+from .sdp import SDP, as_index
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def underflow_per_entry(block) -> float:
     """
     total = 2.0
     for term in block.terms:
-        g_max = float(abs(sp.csr_matrix(term.lift)).max()) if term.lift.shape[0] else 0.0
+        g_max = float(np.max(np.abs(term.structure.lift.data), initial=0.0))
         total += (term.rank + 1) ** 2 * (len(term.variables) + 1) * (1.0 + g_max) ** 2
     return total * _ETA
 
@@ -175,17 +174,22 @@ class _DenseLine:
             terms_only = replace(block, constant=np.zeros((block.dim, block.dim)))
             self.slope, self.slope_abs = terms_only.evaluate(unit), terms_only.evaluate_abs(unit)
 
+    def _value_at(self, rho: float) -> np.ndarray:
+        """``base + ρ·slope``."""
+        return self.base if self.slope is None else self.base + rho * self.slope
+
     def _at(self, rho: float):
+        """``base + ρ·slope`` and ``base_abs + ρ·slope_abs``."""
         if self.slope is None:
             return self.base, self.base_abs
-        return self.base + rho * self.slope, self.base_abs + rho * self.slope_abs
+        return self._value_at(rho), self.base_abs + rho * self.slope_abs
 
     def passes(self, rho: float) -> bool:
         return is_provably_psd(*self._at(rho), self.rank, self.underflow)
 
     def smallest_eigenvalue(self, rho: float, dense_ok: bool = True) -> float:
         """λ_min at ``rho`` (the reported margin); NaN when ``dense_ok`` is False (too large to be worth it)."""
-        return extreme_eigenvalue(self._at(rho)[0]) if dense_ok else float("nan")
+        return extreme_eigenvalue(self._value_at(rho)) if dense_ok else float("nan")
 
 
 class _BandedLine(_DenseLine):
@@ -199,12 +203,30 @@ class _BandedLine(_DenseLine):
         if unit is not None:
             self.slope = banded.evaluate(unit, constant=False)
             self.slope_abs = banded.evaluate(unit, absolute=True, constant=False)
+            # the band columns the slope reaches (ρ's term covers the input's coordinates only); elsewhere
+            # base + ρ·slope is base itself, so the axpy runs on these columns alone
+            reached = np.flatnonzero(np.any((self.slope != 0) | (self.slope_abs != 0), axis=0))
+            self.reach = as_index(reached) if reached.size else slice(0, 0)
+
+    def _value_at(self, rho: float) -> np.ndarray:
+        return self.base if self.slope is None else self._axpy(self.base, rho, self.slope)
+
+    def _at(self, rho: float):
+        if self.slope is None:
+            return self.base, self.base_abs
+        return self._value_at(rho), self._axpy(self.base_abs, rho, self.slope_abs)
+
+    def _axpy(self, base: np.ndarray, rho: float, slope: np.ndarray) -> np.ndarray:
+        """``base + ρ·slope`` (a new band), computed on the columns the slope reaches."""
+        out = base.copy()
+        out[:, self.reach] += rho * slope[:, self.reach]
+        return out
 
     def passes(self, rho: float) -> bool:
         return is_provably_psd_banded(*self._at(rho), self.rank, self.underflow)
 
     def smallest_eigenvalue(self, rho: float, dense_ok: bool = True) -> float:
-        return smallest_eigenvalue_banded(self._at(rho)[0])  # O(N p) per Lanczos step: at any size
+        return smallest_eigenvalue_banded(self._value_at(rho))  # O(N p) per Lanczos step: at any size
 
 
 def block_line(block, y0: np.ndarray, unit: np.ndarray | None) -> _DenseLine:

@@ -38,40 +38,61 @@ def _component_labels(block: LMIBlock) -> tuple[np.ndarray, list[np.ndarray]]:
     joined when some ``Q_j`` pairs them.  Coordinates are in one component iff
     they are linked through that graph (or through ``F⁰``).  Rows that no
     ``Q_j`` uses are left out (they contribute nothing to ``F``).  The edges
-    come from the lifts' stored entries and from the non-zeros of ``F⁰``
+    come from the lifts' non-zeros and from the non-zeros of ``F⁰``
     (:func:`~lipsdp.banded_certificate.constant_pattern`, which finds the rows
     that hold any before it looks for them: a chain's ``F⁰`` fills its last layer only).
+
+    A row whose non-zeros fill a contiguous range of columns ``lo … hi`` (a dense
+    weight row, a selector row) is joined to ``lo`` only, and the range is joined as
+    the path ``lo – lo+1 – … – hi`` of coordinates: the same components, with one
+    edge per row instead of one per entry (every edge of the path joins two
+    coordinates that the row joins anyway).  Other rows get an edge per entry.
     """
     d = block.dim
     rows, cols, used_rows, sizes = [], [], [], []
     f0_rows, f0_cols = constant_pattern(block)
     rows.append(f0_rows)
     cols.append(f0_cols)
+    cover = np.zeros(d + 1, dtype=np.int64)  # difference array of the contiguous rows' column ranges
     offset = d
     for term in block.terms:
-        g = sp.coo_matrix(term.lift)
+        structure = term.structure
+        g = structure.lift
         r = g.shape[0]
-        q = sp.coo_matrix(term.basis)
-        keep = q.data != 0
-        a, b = q.row[keep] % r, q.row[keep] // r
+        a, b, _ = structure.used_pairs()
         used = np.zeros(r, bool)
         used[a] = used[b] = True
-        on = used[g.row] & (g.data != 0)
-        rows.append(offset + g.row[on])  # row node — coordinate
-        cols.append(g.col[on])
+        lo, hi, count = structure.row_extent
+        touching = used & (count > 0)
+        ranged = touching & (hi - lo + 1 == count)
+        np.add.at(cover, lo[ranged], 1)
+        np.add.at(cover, hi[ranged], -1)
+        rows.append(offset + np.flatnonzero(ranged))  # row node — its first coordinate
+        cols.append(lo[ranged])
+        scattered = touching & ~ranged
+        if np.any(scattered):
+            g_rows = np.repeat(np.arange(r), np.diff(g.indptr))
+            on = scattered[g_rows] & (g.data != 0)
+            rows.append(offset + g_rows[on])  # row node — coordinate
+            cols.append(g.indices[on])
         rows.append(offset + a)  # row node — row node
         cols.append(offset + b)
         used_rows.append(used)
         sizes.append(r)
         offset += r
+    path = np.flatnonzero(np.cumsum(cover[:-1]) > 0)  # c with (c, c + 1) inside some row's range
+    rows.append(path)
+    cols.append(path + 1)
     i = np.concatenate(rows).astype(np.int64)
     j = np.concatenate(cols).astype(np.int64)
     graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(offset, offset)).tocsr()
     _, labels = connected_components(graph, directed=False)
     # renumber by first coordinate so components come in coordinate order
     coord = labels[:d]
-    order = {lab: k for k, lab in enumerate(dict.fromkeys(coord.tolist()))}
-    remap = np.array([order.get(lab, -1) for lab in range(int(labels.max()) + 1)])
+    _, first = np.unique(coord, return_index=True)
+    in_order = coord[np.sort(first)]  # the coordinates' labels in order of first appearance
+    remap = np.full(int(labels.max()) + 1, -1, dtype=np.int64)  # labels of row nodes alone: −1
+    remap[in_order] = np.arange(in_order.size)
     term_labels, offset = [], d
     for used, r in zip(used_rows, sizes):
         lab = remap[labels[offset:offset + r]]
@@ -179,7 +200,7 @@ def rho_reaches_every_block(sdp: SDP) -> bool:
 def block_uses(block: LMIBlock, variable: int) -> bool:
     """True if ``variable`` has a non-zero coefficient in some term of ``block`` (structurally)."""
     for term in block.terms:
-        q = sp.coo_matrix(term.basis)
-        if np.any(np.asarray(term.variables)[q.col[q.data != 0]] == variable):
+        _, _, used = term.structure.used_pairs()
+        if np.any(np.asarray(term.variables)[used] == variable):
             return True
     return False

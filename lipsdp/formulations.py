@@ -58,7 +58,9 @@ def lipsdp_l2(graph: SignalGraph, granularity: str = "neuron") -> SDP:
         nonneg.extend(basis.nonneg.tolist())
         var_layer.extend([k] * basis.size)
         n_vars += basis.size
-    block = LMIBlock(d, _negative_output_gram(graph.output), tuple(terms), "lipsdp")
+    # F⁰ = −CᵀC is zero outside the columns C touches (never written there): the block's constant support
+    support = np.flatnonzero(np.any(graph.output != 0, axis=0))
+    block = LMIBlock(d, _negative_output_gram(graph.output), tuple(terms), "lipsdp", constant_support=support)
     c = np.zeros(n_vars)
     c[0] = 1.0
     return SDP(
@@ -91,11 +93,30 @@ def restricted_qc_bases(graph: SignalGraph, granularity: str) -> tuple[SignalGra
     fixed-slope neuron's multiplier is dropped (its QC vanishes on that subspace); a
     basis may then be empty.
     """
+    shared = {}
+
+    def qc_basis(group: ActivationGroup) -> QCBasis:
+        """The group's QC basis; plain slope-restricted rules with equal bounds share one (bases are never
+        modified): their basis is ``slope_qc_basis`` of the bounds alone (``SlopeRestricted.qc_basis``)."""
+        rule = group.activation
+        if type(rule).qc_basis is not SlopeRestricted.qc_basis or type(rule).slope_bounds is not SlopeRestricted.slope_bounds:
+            return rule.qc_basis(group.width, granularity)
+        key = tuple(bound.tobytes() for bound in rule.slope_bounds(group.width))
+        if key not in shared:
+            shared[key] = rule.qc_basis(group.width, granularity)
+        return shared[key]
+
+    # restrict_to_invariants re-coordinatises a group only when its rule asks for the invariant subspace or
+    # it has fixed-slope neurons (_output_map); with neither anywhere it returns the graph as it is
+    if graph.basis is not None or not any(
+            g.activation.restrict_to_invariants or fixed_slope_neurons(g.activation, g.width) is not None
+            for g in graph.groups):
+        return graph, [qc_basis(group) for group in graph.groups]
     fixed = fixed_slope_masks(graph)
     graph = restrict_to_invariants(graph, fixed_slopes=True)
     bases = []
     for group, mask in zip(graph.groups, fixed):
-        basis = group.activation.qc_basis(group.width, granularity)
+        basis = qc_basis(group)
         bases.append(basis if mask is None else _without_neurons(basis, mask))
     return graph, bases
 
@@ -161,6 +182,39 @@ class Normalisation:
         s = np.r_[1.0, np.cumprod(gains[:-1])]  # s_j, j = 0 … l−1
         rest = np.cumprod(gains[::-1])[::-1]  # P / s_j as a product, so P^d itself is never formed
         return y * (rest**degree * s ** (degree - 2))[var_layer]
+
+
+    def rescaled(self, extra: np.ndarray) -> "Normalisation":
+        """The normalisation followed by ``Ŵ_k = c'_k · W̃_k`` (``extra = c'``): factors multiply."""
+        return Normalisation(self.factors * np.asarray(extra, float), self.slopes)
+
+
+def balancing_factors(rho: float, layer_multipliers) -> np.ndarray | None:
+    """Weight factors ``c`` that map a feasible point of a normalised chain's LMI to all-ones multipliers.
+
+    Given a feasible point with ``ρ`` and the multipliers ``ρ ℓ_k`` of hidden layer
+    ``k`` (the ECLipsE point: :func:`lipsdp.bound_methods.eclipse_fast_multipliers`),
+    dividing ``W_k`` by ``c_k`` maps it (by :meth:`Normalisation.lift_multipliers`
+    with ``P = Π c_k``, ``s_j = Π_{k≤j} c_k``: ``ρ = P² ρ̂``, ``λ_j = P² λ̂_j / s_j²``)
+    to ``ρ̂ = 1`` and ``λ̂_j = 1`` when ``s_j = ℓ_j^{−1/2}`` and ``P = √ρ``:
+
+        c_1 = s_1,  c_k = s_k / s_{k−1} (1 < k < l),  c_l = √ρ / s_{l−1}.
+
+    The SDP is the same up to this scaling of its multipliers (docs/formulations.md §4);
+    what changes is its conditioning.  Weights divided by their norms still leave a
+    deep chain's optimal multipliers spread over many orders of magnitude (a layer's
+    norm overstates its gain on the cone of slope-restricted increments), which makes
+    interior-point methods stall or stop on a loose point; a feasible point of the
+    same LMI measures the gains that matter.
+
+    Returns ``None`` when the point gives no finite positive factors.
+    """
+    ells = np.asarray(layer_multipliers, float)
+    if not (np.isfinite(rho) and rho > 0 and np.all(np.isfinite(ells)) and np.all(ells > 0)):
+        return None
+    s = ells**-0.5
+    factors = np.r_[s[:1], s[1:] / s[:-1], np.sqrt(rho) / s[-1:]] if s.size else np.array([np.sqrt(rho)])
+    return factors if np.all(np.isfinite(factors)) and np.all(factors > 0) else None
 
 
 def normalise_chain(net: Network) -> tuple[Network, Normalisation]:

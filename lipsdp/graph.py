@@ -90,6 +90,13 @@ class ActivationGroup:
 
     def lift(self, dim: int) -> sp.csr_matrix:
         """``G_k = [P_k; E_k]`` (2m, dim, CSR as :func:`canonical_csr`): maps ``z`` to ``[Δv; Δφ]``."""
+        if self.post is None and self.pre.shape[1] == dim:
+            # E_k selects the coordinates offset …: its rows hold one unit entry each, so the two
+            # canonical CSR matrices stack by concatenating their arrays
+            m, pre = self.width, self.pre
+            stacked = sp.csr_matrix((np.r_[pre.data, np.ones(m)], np.r_[pre.indices, self.offset + np.arange(m)],
+                                     np.r_[pre.indptr, pre.indptr[-1] + 1 + np.arange(m)]), shape=(2 * m, dim))
+            return canonical_csr(stacked)
         return canonical_csr(sp.vstack([self.pre, sp.csr_matrix(self.outputs(dim))], format="csr"))
 
 
@@ -158,6 +165,10 @@ class _Panel:
         return out
 
     def csr(self, dim: int) -> sp.csr_matrix:
+        m, width = self.values.shape
+        if width and np.all(self.values != 0):  # a dense panel (a weight product): every entry stored, row by row
+            return sp.csr_matrix((self.values.ravel().copy(), np.tile(np.arange(self.start, self.stop), m),
+                                  np.arange(0, m * width + 1, width)), shape=(m, dim))
         rows, cols = np.nonzero(self.values)  # row-major: the CSR order
         indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=self.values.shape[0]))]
         return sp.csr_matrix((self.values[rows, cols], cols + self.start, indptr), shape=(self.values.shape[0], dim))

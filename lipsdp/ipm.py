@@ -20,7 +20,10 @@ method needs lives in the lifted space:
   (rank 2 per ReLU neuron, n₀ for ρ), so with ``U = G X Gᵀ``, ``V = G Z⁻¹ Gᵀ``
   and the sparse ``W = [w_k]``, ``M = Σ_{k∈i,l∈j} s_k s_l (WUWᵀ ∘ WVWᵀ)_{kl}`` —
   one Hadamard product reduced over variables (the SDPT3/DSDP technique for
-  low-rank data): O(r d² + R²) per iteration instead of O(m d³);
+  low-rank data): O(r d² + R²) per iteration instead of O(m d³).  Where every
+  ``w_k`` has at most a few non-zeros (ReLU-type neurons: two), the rows of
+  ``WUWᵀ`` and ``WVWᵀ`` are gathered from ``U`` and ``V`` a chunk of variables at
+  a time and reduced at once, so no R × r or R × R array is formed;
 * ``𝒜(K)_i = ⟨A_i, K⟩ = Σ_e q_e (G K)[b_e] · G[a_e]``;
 * ``Σ_i Δy_i A_i = Gᵀ Q(Δy) G`` with a sparse ``Q``.
 
@@ -106,6 +109,11 @@ _SINGLE_PRECISION_UNTIL = 0.1
 _GRAM_REUSE_MAX = 4_000_000
 # the Schur reduction sums factor runs by strided slices up to this many runs, else by a sparse product
 _MAX_FACTOR_RUNS = 16
+# factor rows with at most this many non-zeros (ReLU-type neurons: 2) form the Schur complement by gathers,
+# a chunk of rows at a time (:meth:`_Block.schur_gathered`)
+_MAX_GATHER = 4
+# rows of the lifted matrices gathered per chunk (bytes): a chunk's temporaries stay in cache-sized pieces
+_GATHER_CHUNK_BYTES = 1 << 23
 
 
 # ----------------------------------------------------------------------------- lifted block data
@@ -331,6 +339,78 @@ class _Block:
         # sparse × dense wants the dense factor C-contiguous
         return sparse_times_dense(w, transpose_copy(t, out=t_transposed), gram)
 
+    @functools.cached_property
+    def factor_gather(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The factor rows ``w_k`` as ``(columns, values)``, each ``K × R`` (``K`` the largest number of
+        non-zeros in a row; padding: column 0, value 0), or None when ``K`` exceeds ``_MAX_GATHER``."""
+        w = self.factors
+        counts = np.diff(w.indptr)
+        width = int(counts.max()) if counts.size else 0
+        if width == 0 or width > _MAX_GATHER:
+            return None
+        cols = np.zeros((width, w.shape[0]), np.int64)
+        vals = np.zeros((width, w.shape[0]))
+        for j in range(width):
+            has = counts > j
+            at = w.indptr[:-1][has] + j
+            cols[j, has] = w.indices[at]
+            vals[j, has] = w.data[at]
+        return cols, vals
+
+    @functools.cached_property
+    def factor_sum_t(self) -> sp.csr_matrix:
+        """``factor_sum`` transposed (#used variables × R), in CSR: row sums over a variable's factors."""
+        return sp.csr_matrix(self.factor_sum.T)
+
+    def gram_rows(self, lifted: np.ndarray, rows: slice, signed: bool) -> np.ndarray:
+        """Rows ``rows`` of the factor Gram ``W L Wᵀ`` (times ``s_k s_l`` when ``signed``), by gathers:
+        ``(W L)_k = Σ_j v_jk L[c_jk]`` and ``(W L Wᵀ)_kl = Σ_j v_jl (W L)_k[c_jl]`` (:attr:`factor_gather`)."""
+        cols, vals = self.factor_gather
+        vals = (vals * self.factor_signs) if signed else vals
+        vals = vals.astype(lifted.dtype, copy=False)
+        part = np.take(lifted, cols[0, rows], axis=0)
+        part *= vals[0, rows, None]
+        for j in range(1, cols.shape[0]):
+            part += vals[j, rows, None] * np.take(lifted, cols[j, rows], axis=0)
+        gram = np.take(part, cols[0], axis=1)
+        gram *= vals[0]
+        for j in range(1, cols.shape[0]):
+            gram += vals[j] * np.take(part, cols[j], axis=1)
+        return gram
+
+    def schur_gathered(self, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+        """Add the HKM Schur complement of this block into ``out`` from its lifted ``u = G X Gᵀ`` and
+        ``v = G Z⁻¹ Gᵀ`` without the R × R factor Grams: rows of both Grams (:meth:`gram_rows`) a chunk
+        of variables at a time, their product reduced over the variables' factors at once.  The
+        chunks are shared between two threads (:func:`~lipsdp.runtime.in_parallel`)."""
+        if not self.n_factors:
+            return
+        starts = np.r_[self.f_starts, self.n_factors]
+        n_used = self.f_starts.size
+        per_chunk = max(1, int(_GATHER_CHUNK_BYTES // (8 * max(u.shape[0], self.n_factors))))
+        bounds = [0]
+        while bounds[-1] < n_used:  # chunk boundaries at variables: a variable's factors stay together
+            bounds.append(int(np.searchsorted(starts, starts[bounds[-1]] + per_chunk, side="right")) - 1)
+            if bounds[-1] <= bounds[-2]:
+                bounds[-1] = bounds[-2] + 1
+            bounds[-1] = min(bounds[-1], n_used)
+        red = np.empty((n_used, n_used))
+        total = self.factor_sum_t
+
+        def run(chunks):
+            for a, b in chunks:
+                rows = slice(int(starts[a]), int(starts[b]))
+                k = self.gram_rows(u, rows, True)
+                k *= self.gram_rows(v, rows, False)
+                by_var = total[a:b, rows] @ k  # (variables a..b) × R
+                red[a:b] = np.asarray(total @ by_var.T).T
+        chunks = list(zip(bounds[:-1], bounds[1:]))
+        half = len(chunks) // 2
+        in_parallel(lambda: run(chunks[:half]), lambda: run(chunks[half:]))
+        red += red.T
+        red *= 0.5
+        add_principal(out, self.used_index, red)
+
     def schur_factored(self, wuw: np.ndarray | None, wvw: np.ndarray | None, out: np.ndarray) -> None:
         """Add the HKM Schur complement ``M_ij = Σ_{k∈i, l∈j} s_k s_l (h_kᵀXh_l)(h_lᵀZ⁻¹h_k)`` into ``out``
         from the factor Grams of X (signed) and Z⁻¹ (:meth:`factor_gram`; both symmetric, so
@@ -534,7 +614,8 @@ def _gram_work(blocks: list) -> list:
     enough (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
     out = []
     for blk in blocks:
-        keep = blk.n_factors and max(blk.n_factors, blk.lift_rows) ** 2 <= _GRAM_REUSE_MAX
+        keep = (blk.n_factors and blk.factor_gather is None
+                and max(blk.n_factors, blk.lift_rows) ** 2 <= _GRAM_REUSE_MAX)
         out.append((_GramWork(blk.n_factors, blk.lift_rows), _GramWork(blk.n_factors, blk.lift_rows)) if keep
                    else (None, None))
     return out
@@ -843,7 +924,14 @@ def _schur_complement(blocks: list, u: list, v: list, n: int, work: list | None 
     (:func:`~lipsdp.runtime.in_parallel`), into ``work`` (per block, the two sides' :class:`_GramWork`)
     where given, else into new arrays freed on return (each is R × R)."""
     m = np.zeros((n, n))
+    gathered = [blk.factor_gather is not None for blk in blocks]
+    for blk, uu, vv, g in zip(blocks, u, v, gathered):
+        if g:
+            blk.schur_gathered(uu, vv, m)
+    if all(gathered):
+        return m
     work = work or [(None, None)] * len(blocks)
+    blocks, u, v, work = zip(*[(b, uu, vv, wk) for b, uu, vv, wk, g in zip(blocks, u, v, work, gathered) if not g])
     wuw, wvw = in_parallel(lambda: [blk.factor_gram(uu, True, wk[0]) for blk, uu, wk in zip(blocks, u, work)],
                            lambda: [blk.factor_gram(vv, False, wk[1]) for blk, vv, wk in zip(blocks, v, work)])
     for k, blk in enumerate(blocks):

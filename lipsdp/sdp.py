@@ -15,6 +15,7 @@ solvers ask for :meth:`LMIBlock.coefficients` (sparse, d² × n).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -37,6 +38,79 @@ def add_principal(out: np.ndarray, index, part: np.ndarray) -> None:
         out[index, index] += part
     else:
         out[np.ix_(index, index)] += part
+
+
+def _distinct(indices: np.ndarray, size: int) -> np.ndarray:
+    """The sorted distinct values of ``indices`` (all in ``0 … size − 1``): ``np.unique``, by a mask when
+    that is cheaper (indices that cover a fair part of their range)."""
+    if size > 8 * indices.size:
+        return np.unique(indices)
+    mask = np.zeros(size, dtype=bool)
+    mask[indices] = True
+    return np.flatnonzero(mask)
+
+
+@dataclass(frozen=True, eq=False)
+class TermStructure:
+    """The structure of a :class:`QuadTerm`, derived once from its lift and basis (never from ``y``).
+
+    Attributes
+    ----------
+    lift
+        ``G`` as a canonical CSR matrix (sorted indices, duplicates summed; the term's own lift
+        when it is one already).
+    columns
+        The sorted columns of ``G`` that hold a stored entry (the term's column support).
+
+    Derived arrays are shared by every consumer and must not be modified.
+    q_row, q_col, q_var, q_data
+        Every stored entry of the basis, as its position ``(a, b)`` in ``Q`` (``r × r``),
+        its basis column ``j`` and its coefficient: ``Q(y)_ab = Σ y[variables[j]] · data``.
+    """
+
+    lift: sp.csr_matrix
+    columns: np.ndarray
+    q_row: np.ndarray
+    q_col: np.ndarray
+    q_var: np.ndarray
+    q_data: np.ndarray
+
+    @staticmethod
+    def of(lift, basis) -> "TermStructure":
+        g = lift if sp.isspmatrix_csr(lift) and lift.has_canonical_format else sp.csr_matrix(lift, copy=True)
+        if not g.has_canonical_format:
+            g.sum_duplicates()  # sorts the indices too (on the copy: the term's own lift is left as it is)
+        coo = basis.tocoo()
+        r = g.shape[0]
+        return TermStructure(g, _distinct(g.indices, g.shape[1]), coo.row % r, coo.row // r, coo.col, coo.data)
+
+    @cached_property
+    def row_extent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lo, hi, count)`` per lift row: its first and last column holding a non-zero (−1 for a row
+        without any) and its number of non-zeros (stored zeros are not counted)."""
+        g = self.lift
+        r = g.shape[0]
+        lo = np.full(r, -1, dtype=np.int64)
+        hi = np.full(r, -1, dtype=np.int64)
+        nz = g.data != 0
+        rows = np.repeat(np.arange(r), np.diff(g.indptr))[nz]
+        cols = g.indices[nz]
+        if rows.size:
+            # the non-zeros come row by row with increasing columns: a row's first and last of its run
+            first = np.r_[True, rows[1:] != rows[:-1]]
+            last = np.r_[rows[1:] != rows[:-1], True]
+            lo[rows[first]] = cols[first]
+            hi[rows[last]] = cols[last]
+        extent = lo, hi, np.bincount(rows, minlength=r)
+        for part in extent:
+            part.flags.writeable = False  # shared by every consumer of the cached structure
+        return extent
+
+    def used_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(a, b, j)`` of the basis entries with a non-zero coefficient (the pairs of lift rows
+        that some ``Q_j`` couples, as structural consumers read them)."""
+        nz = self.q_data != 0
+        return self.q_row[nz], self.q_col[nz], self.q_var[nz]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,14 +138,19 @@ class QuadTerm:
     def rank(self) -> int:
         return self.lift.shape[0]
 
+    @cached_property
+    def structure(self) -> TermStructure:
+        """The term's :class:`TermStructure`, derived on first use (terms are never mutated after build)."""
+        return TermStructure.of(self.lift, self.basis)
+
     def small_matrix(self, y: np.ndarray, absolute: bool = False) -> sp.csr_matrix:
         """Sparse ``Q(y)`` (r × r), or ``|Q|(|y|)`` entrywise when ``absolute``."""
-        coo = self.basis.tocoo()
+        st = self.structure
         r = self.rank
-        w = y[self.variables][coo.col] * coo.data
+        w = y[self.variables][st.q_var] * st.q_data
         if absolute:
             w = np.abs(w)
-        return sp.csr_matrix((w, (coo.row % r, coo.row // r)), shape=(r, r))
+        return sp.csr_matrix((w, (st.q_row, st.q_col)), shape=(r, r))
 
     def evaluate(self, y: np.ndarray, absolute: bool = False) -> np.ndarray:
         """Dense ``sign · Gᵀ Q(y) G`` (or ``|G|ᵀ |Q| |G|``)."""
@@ -93,12 +172,12 @@ class QuadTerm:
         """
         if not np.any(y[self.variables]):
             return
-        g = sp.csr_matrix(self.lift)
+        g = self.structure.lift
         if absolute:
             g = abs(g)
         q = self.small_matrix(y, absolute)
         sign = 1.0 if absolute else self.sign
-        cols = np.unique(g.indices)
+        cols = self.structure.columns
         if g.nnz > _DENSE_PANEL_FILL * g.shape[0] * cols.size:
             panel = g[:, cols].toarray()
             part = panel.T @ np.asarray(q @ panel)
@@ -134,12 +213,20 @@ class QuadTerm:
 
 @dataclass(frozen=True, eq=False)
 class LMIBlock:
-    """``F(y) = constant + Σ terms ⪰ 0`` of size ``dim``."""
+    """``F(y) = constant + Σ terms ⪰ 0`` of size ``dim``.
+
+    ``constant_support`` is optional structural knowledge from the builder: sorted indices ``I``
+    with ``constant[i, j] == 0`` whenever ``i ∉ I`` or ``j ∉ I`` (e.g. ``−CᵀC`` vanishes outside
+    the columns that ``C`` touches).  Structural consumers then look for the non-zeros of
+    ``constant`` inside ``I × I`` only (:func:`lipsdp.banded_certificate.constant_pattern`);
+    None (the default) means nothing is known and the whole matrix is read.
+    """
 
     dim: int
     constant: np.ndarray
     terms: tuple
     name: str = ""
+    constant_support: np.ndarray | None = None
 
     def evaluate(self, y: np.ndarray) -> np.ndarray:
         """Dense ``F(y)`` in float64 (symmetrised)."""
@@ -226,6 +313,6 @@ def identity_basis(n: int) -> sp.csc_matrix:
 
 
 def selector(rows: int, dim: int, offset: int) -> sp.csr_matrix:
-    """Sparse (rows × dim) matrix picking coordinates offset … offset+rows−1."""
-    return sp.csr_matrix((np.ones(rows), (np.arange(rows), offset + np.arange(rows))), shape=(rows, dim))
+    """Sparse (rows × dim) matrix picking coordinates offset … offset+rows−1 (canonical CSR, built directly)."""
+    return sp.csr_matrix((np.ones(rows), offset + np.arange(rows), np.arange(rows + 1)), shape=(rows, dim))
 

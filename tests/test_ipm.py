@@ -481,10 +481,13 @@ def test_slope_normalisation_moves_the_slope_into_the_next_weight():
     assert cert.value == pytest.approx(sdp_hat.bound(res.y[0]) * norm.product, rel=1e-6)
 
 
-def test_factor_gram_into_kept_memory():
+def test_factor_gram_into_kept_memory(monkeypatch):
     """Grams formed in a _GramWork equal the freshly allocated ones, in float64 and in float32, and
     the float32 views use the same memory as the float64 ones (no new pages at the switch)."""
+    from lipsdp import ipm
     from lipsdp.ipm import _Block, _gram_work
+
+    monkeypatch.setattr(ipm, "_MAX_GATHER", 0)  # the Gram path (these factor rows would be gathered)
 
     net = random_network(6, max_hidden=3, max_width=12)
     sdp = fm.lipsdp_l2(build_graph(net), "neuron")
@@ -561,3 +564,39 @@ def test_several_blocks_sharing_a_free_multiplier(a1, a2):
     assert abs(result.y[1] - x_opt) <= 1e-4 * max(1.0, abs(x_opt))
     for block in blocks:
         assert np.linalg.eigvalsh(block.evaluate(result.y))[0] >= -1e-7
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_gathered_schur_complement_equals_the_factor_gram_one(seed, monkeypatch):
+    """The chunked, gathered Schur complement (factor rows with few non-zeros) equals the one from the
+    R × R factor Grams, with several chunks on two threads; factor rows wider than ``_MAX_GATHER``
+    (GroupSort(4) with the limit lowered to 2) take the Gram path."""
+    from lipsdp import ipm
+    from lipsdp.runtime import split_products
+
+    kind = ("relu", "tanh", "maxmin", "groupsort")[seed % 4]
+    rng = np.random.default_rng(seed)
+    widths = [int(rng.integers(2, 7))] + [2 * int(rng.integers(1, 5))] * int(rng.integers(1, 4)) + [3]
+    weights = [rng.normal(size=(b, a)) for a, b in zip(widths, widths[1:])]
+    if kind == "groupsort":
+        widths[1:-1] = [4 * w for w in widths[1:-1]]
+        weights = [rng.normal(size=(b, a)) for a, b in zip(widths, widths[1:])]
+    act = rule_from_spec("groupsort:4" if kind == "groupsort" else kind)
+    net = lipsdp.Network.from_weights(weights, None, act)
+    sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    if kind == "groupsort":
+        monkeypatch.setattr(ipm, "_MAX_GATHER", 2)
+    blocks = [ipm._Block(b, sdp.n_vars) for b in sdp.blocks]
+    assert all((blk.factor_gather is None) == (kind == "groupsort") for blk in blocks if blk.n_factors)
+    u, v = [], []
+    for blk in blocks:
+        a, b = rng.normal(size=(2, blk.dim, blk.dim))
+        u.append(blk.lifted(a @ a.T))
+        v.append(blk.lifted(b @ b.T))
+    monkeypatch.setattr(ipm, "_GATHER_CHUNK_BYTES", 8 * 24)  # a few factor rows per chunk
+    with split_products():
+        gathered = ipm._schur_complement(blocks, u, v, sdp.n_vars)
+    for blk in blocks:
+        blk.__dict__["factor_gather"] = None  # every block through the factor Grams
+    reference = ipm._schur_complement(blocks, u, v, sdp.n_vars)
+    assert np.allclose(gathered, reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())

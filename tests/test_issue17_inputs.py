@@ -217,6 +217,22 @@ def test_the_suggested_split_fits_the_budget_and_gives_a_bound():
     assert bound.value >= lipsdp.estimate(deep).value * (1 - 1e-9)  # chunks can only lose accuracy
 
 
+def test_a_deep_closed_form_is_budgeted_in_band_storage():
+    """eclipse-fast on a deep chain never forms a dense d×d matrix: its estimate is linear in depth and far
+    below the dense programs', and a budget of that size lets it run."""
+    rng = np.random.default_rng(5)
+    widths = [4] + [24] * 60 + [1]
+    deep = lipsdp.Network.from_weights([rng.normal(size=(b, a)) / np.sqrt(a) for a, b in zip(widths, widths[1:])],
+                                       None, "relu")
+    closed, dense = estimate_cost(deep, "eclipse-fast"), estimate_cost(deep, "lipsdp-neuron")
+    assert closed.lmi_size >= 1024 and closed.memory_bytes < dense.memory_bytes / 10
+    twice = lipsdp.Network.from_weights([rng.normal(size=(b, a)) / np.sqrt(a) for a, b in
+                                         zip(widths + [24] * 60, (widths + [24] * 60)[1:])], None, "relu")
+    assert estimate_cost(twice, "eclipse-fast").memory_bytes <= 2.1 * closed.memory_bytes
+    bound = lipsdp.estimate(deep, method="eclipse-fast", max_memory_gb=2 * closed.memory_bytes / 2**30)
+    assert bound.value >= gradient_lower_bound(deep).value * (1 - 1e-9)
+
+
 @pytest.mark.parametrize("value", [0, -1.0, "8", float("nan"), True])
 def test_max_memory_gb_must_be_a_positive_number(net, value):
     with pytest.raises(errors.InvalidOptionError, match="max_memory_gb"):
