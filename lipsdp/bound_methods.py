@@ -869,13 +869,4 @@ def _eclipse_fast(net: Network, *, norm=2, solver=None, reduce=True, **options):
     """
     net._require_feedforward("eclipse-fast")
     build = _graph_builder("neuron")
-
-    def closed_form(work: Network, sdp_red, slack: float):
-        rho, ells = eclipse_fast_multipliers(work, slack)
-        y = np.zeros(sdp_red.n_vars)
-        y[sdp_red.rho] = rho
-        for k, ell in enumerate(ells, start=1):
-            y[sdp_red.groups[f"qc{k}"]] = rho * ell
-        return y
-
-    return solve_and_certify(net, "eclipse-fast", build, build, reduce=reduce, closed_form=closed_form)
+    return solve_and_certify(net, "eclipse-fast", build, build, reduce=reduce, closed_form=eclipse_point)
