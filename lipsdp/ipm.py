@@ -342,7 +342,11 @@ class _Block:
     @functools.cached_property
     def factor_gather(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The factor rows ``w_k`` as ``(columns, values)``, each ``K × R`` (``K`` the largest number of
-        non-zeros in a row; padding: column 0, value 0), or None when ``K`` exceeds ``_MAX_GATHER``."""
+        non-zeros in a row; padding: column 0, value 0), or None when ``K`` exceeds ``_MAX_GATHER`` or
+        the Grams are small enough to live in memory kept for the solve (``_GRAM_REUSE_MAX``), where
+        the Gram path is the faster one (bench/NOTES.md)."""
+        if max(self.n_factors, self.lift_rows) ** 2 <= _GRAM_REUSE_MAX:
+            return None
         w = self.factors
         counts = np.diff(w.indptr)
         width = int(counts.max()) if counts.size else 0
@@ -614,8 +618,7 @@ def _gram_work(blocks: list) -> list:
     enough (``_GRAM_REUSE_MAX``) that fresh memory costs little next to the product."""
     out = []
     for blk in blocks:
-        keep = (blk.n_factors and blk.factor_gather is None
-                and max(blk.n_factors, blk.lift_rows) ** 2 <= _GRAM_REUSE_MAX)
+        keep = blk.n_factors and max(blk.n_factors, blk.lift_rows) ** 2 <= _GRAM_REUSE_MAX
         out.append((_GramWork(blk.n_factors, blk.lift_rows), _GramWork(blk.n_factors, blk.lift_rows)) if keep
                    else (None, None))
     return out

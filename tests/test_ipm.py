@@ -584,6 +584,7 @@ def test_gathered_schur_complement_equals_the_factor_gram_one(seed, monkeypatch)
     act = rule_from_spec("groupsort:4" if kind == "groupsort" else kind)
     net = lipsdp.Network.from_weights(weights, None, act)
     sdp = fm.lipsdp_l2(build_graph(net), "neuron")
+    monkeypatch.setattr(ipm, "_GRAM_REUSE_MAX", 0)  # small blocks would keep their Grams instead
     if kind == "groupsort":
         monkeypatch.setattr(ipm, "_MAX_GATHER", 2)
     blocks = [ipm._Block(b, sdp.n_vars) for b in sdp.blocks]
