@@ -183,7 +183,6 @@ class Normalisation:
         rest = np.cumprod(gains[::-1])[::-1]  # P / s_j as a product, so P^d itself is never formed
         return y * (rest**degree * s ** (degree - 2))[var_layer]
 
-
     def rescaled(self, extra: np.ndarray) -> "Normalisation":
         """The normalisation followed by ``Ŵ_k = c'_k · W̃_k`` (``extra = c'``): factors multiply."""
         return Normalisation(self.factors * np.asarray(extra, float), self.slopes)

@@ -392,12 +392,9 @@ class _Block:
         starts = np.r_[self.f_starts, self.n_factors]
         n_used = self.f_starts.size
         per_chunk = max(1, int(_GATHER_CHUNK_BYTES // (8 * max(u.shape[0], self.n_factors))))
-        bounds = [0]
-        while bounds[-1] < n_used:  # chunk boundaries at variables: a variable's factors stay together
-            bounds.append(int(np.searchsorted(starts, starts[bounds[-1]] + per_chunk, side="right")) - 1)
-            if bounds[-1] <= bounds[-2]:
-                bounds[-1] = bounds[-2] + 1
-            bounds[-1] = min(bounds[-1], n_used)
+        # a chunk starts at the variable that holds factor row 0, per_chunk, 2·per_chunk, …: whole variables
+        firsts = np.unique(np.searchsorted(self.f_starts, np.arange(0, self.n_factors, per_chunk), side="right") - 1)
+        bounds = np.r_[firsts, n_used].tolist()
         red = np.empty((n_used, n_used))
         total = self.factor_sum_t
 
@@ -923,9 +920,10 @@ class _SchurSolver:
 
 def _schur_complement(blocks: list, u: list, v: list, n: int, work: list | None = None) -> np.ndarray:
     """The n × n HKM Schur complement summed over the blocks, from their lifted ``u = G X Gᵀ`` and
-    ``v = G Z⁻¹ Gᵀ``; the factor Grams of the X and the Z side are computed at once
-    (:func:`~lipsdp.runtime.in_parallel`), into ``work`` (per block, the two sides' :class:`_GramWork`)
-    where given, else into new arrays freed on return (each is R × R)."""
+    ``v = G Z⁻¹ Gᵀ``: by gathers where a block allows it (:meth:`_Block.schur_gathered`), else from
+    the factor Grams of the X and the Z side, computed at once (:func:`~lipsdp.runtime.in_parallel`)
+    into ``work`` (per block, the two sides' :class:`_GramWork`) where given, else into new arrays
+    freed on return (each is R × R)."""
     m = np.zeros((n, n))
     gathered = [blk.factor_gather is not None for blk in blocks]
     for blk, uu, vv, g in zip(blocks, u, v, gathered):
