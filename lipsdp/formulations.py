@@ -144,7 +144,8 @@ def _sqrt_bound(rho: float) -> float:
 # ----------------------------------------------------------------------------- reductions
 @dataclass(frozen=True)
 class Normalisation:
-    """``W_k = c_k · Ŵ_k`` with ``‖Ŵ_k‖₂ = 1``, and slope-restricted activations ``φ_k = β_k ψ_k``;
+    """``W_k = c_k · Ŵ_k`` (``‖Ŵ_k‖₂ = 1`` from :func:`normalise_chain`; any ``c_k > 0`` after
+    :meth:`rescaled`), and slope-restricted activations ``φ_k = β_k ψ_k``;
     ``bound(net) = Π_k c_k β_k · bound(normalised net)`` (``slopes[k-1] = β_k``, 1 where not scaled)."""
 
     factors: np.ndarray
