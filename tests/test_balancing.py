@@ -10,7 +10,7 @@ from conftest import random_network
 from lipsdp import bound_methods as bm
 from lipsdp import formulations as fm
 from lipsdp.certificate import certify
-from lipsdp.errors import CertificationError
+from lipsdp.errors import CertificationError, SolverFailedError
 from lipsdp.graph import build_graph
 from lipsdp.lower import gradient_lower_bound
 
@@ -73,16 +73,21 @@ def test_shallow_chains_keep_the_norm_scaling():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_deep_chain_is_certified_tight_and_above_the_lower_bound(seed, monkeypatch):
-    net = deep_chain(14, 12, seed)
+    """24 layers: in norm-normalised coordinates the ipm fails on these chains (SolverFailedError today);
+    balanced, it certifies without a second solve and without raising ρ by more than 1e-7."""
+    net = deep_chain(24, 12, seed)
     assert is_balanced(net)
     balanced = lipsdp.estimate(net, method="lipsdp-neuron", solver="ipm")
     assert balanced.details["margin_retry"] == 0.0  # certified without a second solve
     assert balanced.details["inflation"] <= 1e-7
-    monkeypatch.setattr(bm, "_balanced_chain", lambda work, normalisation: (work, normalisation))
-    plain = lipsdp.estimate(net, method="lipsdp-neuron", solver="ipm")
-    assert balanced.value <= plain.value * (1 + 1e-6)  # never looser (the unbalanced solve can stop early)
     lower = gradient_lower_bound(net, n_starts=3, steps=30, seed=seed).value
     assert balanced.value >= lower * (1 - 1e-9)
+    monkeypatch.setattr(bm, "_balanced_chain", lambda work, normalisation: (work, normalisation))
+    try:
+        plain = lipsdp.estimate(net, method="lipsdp-neuron", solver="ipm").value
+    except SolverFailedError:
+        return
+    assert balanced.value <= plain * (1 + 1e-6)  # never looser (the unbalanced solve can stop early)
 
 
 @pytest.mark.parametrize("seed", range(1, 6))
