@@ -43,13 +43,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 
 from .rounding import UNIT_ROUNDOFF, rump_shift, scaled_assembly_error
-from .runtime import blas_threads, threads_for_size
-
-try:  # scipy's CSR × dense kernel (adds into a given output), as lipsdp.runtime uses it
-    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
-except ImportError:  # pragma: no cover - a scipy without it: the public product, added into the output
-    def _csr_matvecs(n_row, n_col, n_vecs, indptr, indices, data, x, y):
-        y += (sp.csr_matrix((data, indices, indptr), shape=(n_row, n_col)) @ x.reshape(n_col, n_vecs)).ravel()
+from .runtime import blas_threads, csr_product_into, threads_for_size
 from .sdp import LMIBlock, QuadTerm, as_index
 
 #: blocks smaller than this are certified densely (a dense Cholesky of a few hundred rows costs nothing)
@@ -249,9 +243,7 @@ class _CliqueTerm:
         panel.fill(0.0)
         panel.reshape(-1)[self.positions] = self.values_abs if absolute else self.values
         qg = space.qg[: self.rows.size * c].reshape(self.rows.size, c)
-        qg.fill(0.0)
-        _csr_matvecs(self.rows.size, r, c, self.indptr, self.pair_cols, q, panel.reshape(-1),
-                     qg.reshape(-1))  # qg += Q[rows] @ panel, entry by entry in CSR order
+        csr_product_into(self.indptr, self.pair_cols, q, panel, qg)  # Q[rows] @ panel, entry by entry in CSR order
         # P[lo:hi+1, :hi+1] = G[g, lo:hi+1]ᵀ (Q G)[g, :hi+1] per row group g (see _row_groups): the other
         # rows of G are zero on those columns, and the lower triangle of these rows ends at column hi
         sign = 1.0 if absolute else self.sign

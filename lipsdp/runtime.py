@@ -24,7 +24,7 @@ import scipy.linalg  # noqa: F401  (its BLAS is loaded before _blas_controller s
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-try:  # scipy's CSR × dense kernel (adds into a given output); see sparse_times_dense
+try:  # scipy's CSR × dense kernel (adds into a given output); see csr_product_into
     from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
 except ImportError:  # pragma: no cover - a scipy without it: the public operator is used
     _csr_matvecs = None
@@ -228,18 +228,31 @@ def sparse_times_dense(w: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> np.n
     scipy's operator returns a new array each time.  An interior-point iteration
     forms a few such products of a fixed shape, and on a virtual machine the
     fresh pages of a new array can cost more than the product (bench/NOTES.md).
-    With ``out`` kept by the caller the memory is touched once.  This
-    calls scipy's own CSR kernel (``csr_matvecs``, which adds ``w @ x`` into its
-    output) when the index and value types all agree; otherwise, or if a scipy
-    release no longer has that kernel, it computes ``w @ x`` and copies it in.
+    With ``out`` kept by the caller the memory is touched once
+    (:func:`csr_product_into`).
+    """
+    if x.shape[0] != w.shape[1] or out.shape != (w.shape[0], x.shape[1]):
+        out[...] = w @ x  # scipy's own shape rules (and errors)
+        return out
+    return csr_product_into(w.indptr, w.indices, w.data, x, out)
+
+
+def csr_product_into(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, x: np.ndarray,
+                     out: np.ndarray) -> np.ndarray:
+    """``A @ x`` written into ``out`` for the CSR arrays of ``A`` (``out.shape[0]`` rows, ``x.shape[0]``
+    columns), without building a scipy matrix; returns ``out``.
+
+    This calls scipy's own CSR kernel (``csr_matvecs``, which adds ``A @ x`` into its
+    output, row by row in CSR order) when the arrays are C-contiguous and the index and
+    value types all agree; otherwise, or if a scipy release no longer has that kernel, it
+    computes ``A @ x`` with scipy's operator and copies it in.
     """
     if (_csr_matvecs is not None and x.flags.c_contiguous and out.flags.c_contiguous
-            and w.data.dtype == x.dtype == out.dtype and w.indptr.dtype == w.indices.dtype
-            and x.shape[0] == w.shape[1] and out.shape == (w.shape[0], x.shape[1])):
+            and data.dtype == x.dtype == out.dtype and indptr.dtype == indices.dtype):
         out.fill(0)
-        _csr_matvecs(w.shape[0], w.shape[1], x.shape[1], w.indptr, w.indices, w.data, x.ravel(), out.ravel())
+        _csr_matvecs(out.shape[0], x.shape[0], x.shape[1], indptr, indices, data, x.ravel(), out.ravel())
     else:
-        out[...] = w @ x
+        out[...] = sp.csr_matrix((data, indices, indptr), shape=(out.shape[0], x.shape[0])) @ x
     return out
 
 
