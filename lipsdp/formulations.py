@@ -257,6 +257,12 @@ def _divided(activation: SlopeRestricted, beta: float) -> SlopeRestricted:
                    derivative=None if der is None else (lambda v: der(v) / beta))
 
 
+def _reads_columns_below(mat: sp.spmatrix, n: int) -> bool:
+    """Whether the sparse ``mat`` has a stored entry in one of its first ``n`` columns."""
+    cols = mat.indices if mat.format == "csr" else mat.tocsr().indices
+    return bool(cols.size) and int(cols.min()) < n
+
+
 def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     """Exact input/output reduction by thin SVDs (docs/formulations.md §4).
 
@@ -266,7 +272,9 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     output enters only through ``CᵀC``, which ``S_r V_rᵀ`` (SVD of ``C``) preserves.
     """
     n0 = graph.input_dim
-    pieces = [g.pre[:, :n0].toarray() for g in graph.groups] + [graph.output[:, :n0]]
+    # a group that does not read the input adds only zero rows to R (dropped below): skip its slice
+    pieces = [g.pre[:, :n0].toarray() for g in graph.groups if _reads_columns_below(g.pre, n0)]
+    pieces.append(graph.output[:, :n0])
     r_mat = np.vstack(pieces)
     _, s, vt = np.linalg.svd(r_mat[np.any(r_mat != 0, axis=1)] if np.any(r_mat) else r_mat[:1], full_matrices=False)
     rank = int(np.sum(s > rtol * (s[0] if s.size else 0.0))) if s.size and s[0] > 0 else 0
@@ -279,12 +287,15 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
             return sp.hstack([sp.csr_matrix(mat[:, :n0].toarray() @ v), mat[:, n0:]], format="csr")
         return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
 
-    groups = tuple(
-        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
-                        None if g.post is None else map_cols(g.post))
-        for g in graph.groups
-    )
-    out = map_cols(graph.output)
+    if shift == 0:  # R has full column rank: Δx₀ itself is the reduced variable (no change of coordinates)
+        groups, out = graph.groups, graph.output
+    else:
+        groups = tuple(
+            ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
+                            None if g.post is None else map_cols(g.post))
+            for g in graph.groups
+        )
+        out = map_cols(graph.output)
     _, so, vot = np.linalg.svd(out, full_matrices=False)
     keep = so > rtol * (so[0] if so.size and so[0] > 0 else 1.0)
     out_red = (so[keep, None] * vot[keep]) if np.any(keep) else np.zeros((1, out.shape[1]))

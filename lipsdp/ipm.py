@@ -191,6 +191,8 @@ class _Block:
             ev.append(np.asarray(term.variables)[q.col[keep]])
         self.lift_rows = r
         self.groups = groups
+        # entries of the dense panels: G Y costs 2·panel_entries·k flops for Y of k columns
+        self.panel_entries = sum(g.panel.size for g in groups if g.panel is not None)
         self.entry_left = np.concatenate(ea).astype(np.int64) if ea else np.zeros(0, np.int64)
         self.entry_right = np.concatenate(eb).astype(np.int64) if eb else np.zeros(0, np.int64)
         self.entry_coef = np.concatenate(eq) if eq else np.zeros(0)
@@ -1181,10 +1183,19 @@ class _Newton:
                 self.rd_rhs += blk.adj_rows(blk.lift, blk.apply(wz))
         self.inverses = {}  # inverse factors of this iteration's X and Z (batched step lengths)
 
-    def corrector_terms(self, dx, dz):
+    def corrector_terms(self, dy, dx, dz):
         """The second-order terms ``corr = ΔX_p ΔZ_p`` of the predictor step (per block) and
-        ``𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]``."""
-        corr = [matmul(a, b) for a, b in zip(dx, dz)]
+        ``𝒜(corr Z⁻¹) = Σ_e q_e (G corr)[a_e] · (G Z⁻¹)[b_e]``.
+
+        Once the iterate is dual feasible ``ΔZ_p = Gᵀ Q(Δy_p) G`` (``Q`` symmetric,
+        :meth:`_Block._mirror_entries`), so ``corrᵀ = ΔZ_p ΔX_p = Gᵀ Q (G ΔX_p)``: two products
+        with the lift's panels instead of a dense d × d × d one."""
+        corr = []
+        for blk, rd, a, b in zip(self.st.blocks, self.lin.rd, dx, dz):
+            if rd is None and 2 * blk.panel_entries < blk.dim**2:  # 4·P·d flops against 2·d³
+                corr.append(transpose_copy(blk.op_times(blk.apply(a), blk.small(dy))))
+            else:
+                corr.append(matmul(a, b))
         corr_rhs = np.zeros(self.prob.n)
         for k, blk in enumerate(self.st.blocks):
             corr_rhs += blk.adj_rows(blk.apply(corr[k]), self.lin.gzi[k])
@@ -1250,7 +1261,7 @@ class _Newton:
         # independent, so computed at once: the predictor's step lengths (Lanczos, mostly
         # Python-level work) and the corrector's second-order terms (dense products)
         (ap, ad), (corr_x, corr_rhs) = in_parallel(lambda: self.steps(dx, dz, dxl, dzl, _PREDICTOR_LANCZOS_TOL),
-                                                   lambda: self.corrector_terms(dx, dz))
+                                                   lambda: self.corrector_terms(dy, dx, dz))
         ap1, ad1 = min(1.0, ap), min(1.0, ad)
         gap_aff = sum(float(np.vdot(x + ap1 * a, z + ad1 * b)) for x, a, z, b in zip(st.X, dx, st.Z, dz))
         if st.x_l.size:
