@@ -1021,15 +1021,24 @@ class _State:
 @dataclass
 class _Linearisation:
     """One iteration's residuals and lifted products: ``rd = F(y) − Z`` (None once dual feasible),
-    ``gx = G X``, ``u = G X Gᵀ``, ``zinv = Z⁻¹``, ``gzi = G Z⁻¹``, ``v = G Z⁻¹ Gᵀ``."""
+    ``gx = G X``, ``u = G X Gᵀ``, ``zinv = Z⁻¹``, ``gzi = G Z⁻¹``, ``v = G Z⁻¹ Gᵀ``; after
+    :meth:`release_lifted` only ``𝒜(Z⁻¹)`` of ``v`` is kept (``adj_zinv``)."""
 
     rd: list
     rd_l: np.ndarray
     gx: list
-    u: list
+    u: list | None
     zinv: list
     gzi: list
-    v: list
+    v: list | None
+    adj_zinv: list | None = None
+
+    def release_lifted(self, blocks) -> None:
+        """Keep ``𝒜(Z⁻¹)`` per block (all the search direction reads of ``v``) and drop the r × r
+        ``u`` and ``v``: once the Schur complement is formed, the direction's temporaries need not
+        coexist with them (784-1024³-10: 2 × 384 MB in float64)."""
+        self.adj_zinv = [blk.adj_lifted(vv) for blk, vv in zip(blocks, self.v)]
+        self.u = self.v = None
 
 
 @dataclass
@@ -1210,7 +1219,7 @@ class _Newton:
             rhs -= corr_rhs
         if sig_mu:
             for k, blk in enumerate(st.blocks):
-                rhs += sig_mu * blk.adj_lifted(lin.v[k])
+                rhs += sig_mu * lin.adj_zinv[k]
         if n_l:
             t = sig_mu / st.z_l - st.x_l * lin.rd_l / st.z_l
             if corr_l is not None:
@@ -1386,7 +1395,8 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         if st.low:  # precision switch (this iteration's step is still taken in float32)
             st.to_double = ms.score < single_until
         if best is None or ms.score < best[0]:
-            best = (ms.score, st.y.copy(), [x.astype(np.float64) for x in st.X], it, ms)
+            # the iterates are never written in place (each step makes new ones): keep references
+            best = (ms.score, st.y.copy(), [x.astype(np.float64, copy=False) for x in st.X], it, ms)
         status = _stopping(prob, st, ms, it, max_iters, tol)
         if status is not None:
             break
@@ -1395,6 +1405,7 @@ def ipm_solve(sdp: SDP, *, tol: float = 1e-9, accept_tol: float = 1e-7, max_iter
         except SolverFailedError:
             status = "ill-conditioned"
             break
+        lin.release_lifted(st.blocks)
         newton = _Newton(prob, st, lin, solve_m)
         try:
             *direction, sigma, ap, ad = newton.predictor_corrector(ms)
