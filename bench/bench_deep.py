@@ -135,9 +135,14 @@ def peer_case(weights, cap: float) -> dict:
 
 
 def predicted_seconds(history: list[tuple[int, float]], size: int) -> float:
-    """Power-law extrapolation through the last two (LMI size, seconds) points of a method in a sweep."""
-    if len(history) < 2:
+    """Power-law extrapolation through the last two (LMI size, seconds) points of a method in a sweep;
+    from a single point, linear growth in the LMI size (the least any method here shows), so a case
+    that even that predicts past the cap is skipped instead of timed out."""
+    if not history:
         return 0.0
+    if len(history) == 1:
+        s1, t1 = history[0]
+        return t1 * max(size / s1, 1.0) if s1 > 0 else t1
     (s1, t1), (s2, t2) = history[-2], history[-1]
     if s2 == s1 or t1 <= 0 or t2 <= 0:
         return t2

@@ -49,5 +49,7 @@ def test_cases_after_a_timeout_or_over_the_predicted_cap_are_skipped():
     assert rows[0]["status"].startswith("timeout")
     assert all(r["status"] == "skipped (timeout after 0 s at relu-2x4)" for r in rows[1:]), rows
     assert bench_deep.predicted_seconds([(100, 1.0), (200, 8.0)], 400) == 64.0  # cubic through the last two
-    assert bench_deep.predicted_seconds([(100, 1.0)], 400) == 0.0
+    assert bench_deep.predicted_seconds([], 400) == 0.0
+    assert bench_deep.predicted_seconds([(100, 1.0)], 400) == 4.0  # one point: linear in the size
+    assert bench_deep.predicted_seconds([(100, 1.0)], 50) == 1.0  # never below the measured time
     assert math.isclose(bench_deep.predicted_seconds([(100, 2.0), (200, 2.0)], 400), 4.0)  # at least linear
