@@ -284,18 +284,17 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
 
     def map_cols(mat):  # dense or sparse (a group's P_k): the input columns → u, the rest unchanged
         if sp.issparse(mat):
+            if shift == 0 and not _reads_columns_below(mat, n0):
+                return mat  # what the map gives: zero input columns stay zero, no column is removed
             return sp.hstack([sp.csr_matrix(mat[:, :n0].toarray() @ v), mat[:, n0:]], format="csr")
         return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
 
-    if shift == 0:  # R has full column rank: Δx₀ itself is the reduced variable (no change of coordinates)
-        groups, out = graph.groups, graph.output
-    else:
-        groups = tuple(
-            ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
-                            None if g.post is None else map_cols(g.post))
-            for g in graph.groups
-        )
-        out = map_cols(graph.output)
+    groups = tuple(
+        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
+                        None if g.post is None else map_cols(g.post))
+        for g in graph.groups
+    )
+    out = map_cols(graph.output)
     _, so, vot = np.linalg.svd(out, full_matrices=False)
     keep = so > rtol * (so[0] if so.size and so[0] > 0 else 1.0)
     out_red = (so[keep, None] * vot[keep]) if np.any(keep) else np.zeros((1, out.shape[1]))
