@@ -273,7 +273,8 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
     """
     n0 = graph.input_dim
     # a group that does not read the input adds only zero rows to R (dropped below): skip its slice
-    pieces = [g.pre[:, :n0].toarray() for g in graph.groups if _reads_columns_below(g.pre, n0)]
+    reads = [_reads_columns_below(g.pre, n0) for g in graph.groups]
+    pieces = [g.pre[:, :n0].toarray() for g, r in zip(graph.groups, reads) if r]
     pieces.append(graph.output[:, :n0])
     r_mat = np.vstack(pieces)
     _, s, vt = np.linalg.svd(r_mat[np.any(r_mat != 0, axis=1)] if np.any(r_mat) else r_mat[:1], full_matrices=False)
@@ -284,15 +285,14 @@ def reduce_graph(graph: SignalGraph, rtol: float = 1e-13) -> SignalGraph:
 
     def map_cols(mat):  # dense or sparse (a group's P_k): the input columns → u, the rest unchanged
         if sp.issparse(mat):
-            if shift == 0 and not _reads_columns_below(mat, n0):
-                return mat  # what the map gives: zero input columns stay zero, no column is removed
             return sp.hstack([sp.csr_matrix(mat[:, :n0].toarray() @ v), mat[:, n0:]], format="csr")
         return np.hstack([mat[:, :n0] @ v, mat[:, n0:]])
 
+    # with full rank, the map of a P_k that does not read the input is P_k itself (no column is removed)
     groups = tuple(
-        ActivationGroup(map_cols(g.pre), g.bias, g.offset - shift, g.activation, g.name,
-                        None if g.post is None else map_cols(g.post))
-        for g in graph.groups
+        ActivationGroup(g.pre if shift == 0 and not r else map_cols(g.pre), g.bias, g.offset - shift, g.activation,
+                        g.name, None if g.post is None else map_cols(g.post))
+        for g, r in zip(graph.groups, reads)
     )
     out = map_cols(graph.output)
     _, so, vot = np.linalg.svd(out, full_matrices=False)
